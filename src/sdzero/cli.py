@@ -1,0 +1,89 @@
+"""The `sdzero` command: `sdzero <command> [--config recipe.yaml] [--flag value ...]`.
+
+Each command parses its dataclasses with TRL's parser (YAML file + flags, flags win). Bad input raises
+SDZeroError, printed as one `error:` line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from sdzero.errors import SDZeroError
+
+
+def _parse(types: tuple, argv: list[str], prog: str):
+    from trl import TrlParser
+
+    parser = TrlParser(types, prog=prog)
+    try:
+        return parser.parse_args_and_config(args=argv)
+    except (ValueError, FileNotFoundError) as e:  # broken YAML/unknown keys from the config file
+        raise SDZeroError(f"bad configuration: {e}") from e
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig
+    from sdzero.evaluate import EvalConfig, config_dict, evaluate, format_table, write_report
+    from sdzero.generation import SamplingParams, make_generator
+    from sdzero.models import load_model_and_tokenizer
+    from sdzero.tasks import load_task
+
+    mc, tc, gc, rc, ec = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, EvalConfig), argv,
+                                "sdzero eval")
+    task = load_task(tc)
+    try:
+        questions = task.split(tc.split_sizes())["eval"]
+        model, tokenizer = load_model_and_tokenizer(mc.model, mc.dtype, mc.device)
+        generator = make_generator(gc.backend, model, tokenizer, batch_size=gc.batch_size)
+        sampling = SamplingParams(gc.max_new_tokens, gc.temperature, gc.top_p)
+        print(f"[sdzero] eval {mc.model} on {task.name}: {len(questions)} held-out questions, "
+              f"k={ec.num_samples} at T={gc.temperature}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        report = evaluate(generator, task, questions, sampling, ec, rc.phrases(), tc.system_prompt, gc.seed)
+        report["metrics"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    finally:
+        task.close()
+    safe_task = task.name.replace("/", "_").replace(":", "-")
+    out = Path(ec.output or f"outputs/eval-{safe_task}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    write_report(out, report, config_dict(mc, tc, gc, rc, ec))
+    print(format_table(report["metrics"], f"sdzero eval  model={mc.model}  task={task.name}"))
+    print(f"report: {out}")
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "eval": (cmd_eval, "evaluate a model: avg@k, pass@k, greedy accuracy, correction rate, response length"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: sdzero <command> [--config FILE.yaml] [options]   (sdzero <command> --help for options)", "",
+             "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[name][0](rest)
+    except SDZeroError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

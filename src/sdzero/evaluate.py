@@ -1,0 +1,221 @@
+"""`sdzero eval`: avg@k, unbiased pass@k, greedy accuracy, response length, generate-then-revise.
+
+One loop, four generation passes over the held-out questions:
+1. k sampled drafts per question at the eval temperature -> avg@k, pass@k, response length;
+2. one greedy draft per question -> greedy accuracy;
+3. each sampled draft continued by the reviser: draft + sep + P_r + sep, P_r chosen by the draft's reward
+   -> wrong->right (correction rate) and right->right;
+4. nothing else: the "fresh resample" reference for the correction rate reuses pass 1 (for a wrong draft,
+   the accuracy of the other k-1 samples of the same question), so it costs no generation.
+A revision is scored on its own text (what follows the control phrase), never on the draft.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from sdzero.chat import ControlPhrases, chat_prompt_ids, reviser_context_ids, text_ids
+from sdzero.errors import SDZeroError
+from sdzero.generation import Generator, SamplingParams
+from sdzero.metrics import mean_pass_at_k, report_ks
+from sdzero.tasks.base import Question, Task
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = field(default=4, metadata={"help": "k: sampled responses per question (avg@k, pass@1..k)."})
+    greedy: bool = field(default=True, metadata={"help": "Also score one greedy response per question."})
+    revise: bool = field(default=True, metadata={"help": "Generate-then-revise: continue every sampled draft "
+                                                           "with the control phrase chosen by its reward."})
+    max_prompt_tokens: int = field(default=1024, metadata={"help": "Longest allowed question prompt (tokens); "
+                                                                    "longer prompts are an error, never cut."})
+    max_reviser_tokens: int = field(default=2048, metadata={"help": "Longest reviser context; the draft is "
+                                                                     "truncated to fit, never the question."})
+    output: str | None = field(default=None, metadata={"help": "Where to write the JSON report "
+                                                               "(default: outputs/eval-<task>-<time>.json)."})
+    save_samples: bool = field(default=True, metadata={"help": "Keep every response in the JSON report."})
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN (e.g. a correction rate with no wrong drafts) becomes null: JSON has no NaN."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    """Write to a temp file beside the target, then rename: a crash never leaves half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_json_safe(obj), f, indent=2, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_prompts(tokenizer: Any, questions: Sequence[Question], system_prompt: str | None,
+                  max_prompt_tokens: int | None) -> list[list[int]]:
+    prompts = [chat_prompt_ids(tokenizer, q.prompt, system_prompt) for q in questions]
+    if max_prompt_tokens is not None:
+        for q, p in zip(questions, prompts):
+            if len(p) > max_prompt_tokens:
+                raise SDZeroError(
+                    f"question {q.id} has a {len(p)}-token prompt, over the limit of {max_prompt_tokens}; raise "
+                    "max_prompt_tokens or filter long questions out (questions are never truncated)"
+                )
+    return prompts
+
+
+def evaluate(
+    generator: Generator,
+    task: Task,
+    questions: Sequence[Question],
+    sampling: SamplingParams,
+    cfg: EvalConfig,
+    phrases: ControlPhrases = ControlPhrases(),
+    system_prompt: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate and return {'metrics': {...}, 'questions': [...]}; nothing is written here."""
+    if not questions:
+        raise SDZeroError("no questions to evaluate")
+    if cfg.num_samples < 1:
+        raise SDZeroError("num_samples must be >= 1")
+    tok = generator.tokenizer
+    prompts = build_prompts(tok, questions, system_prompt, cfg.max_prompt_tokens)
+    k = cfg.num_samples
+    timings: dict[str, float] = {}
+    spent = {"generations": 0, "sampled_tokens": 0}
+
+    def run(prompt_ids, params, s, desc):
+        t0 = time.perf_counter()
+        outs = generator.generate(prompt_ids, params, seed=s, desc=desc)
+        timings[desc] = timings.get(desc, 0.0) + time.perf_counter() - t0
+        for per_prompt in outs:
+            spent["generations"] += len(per_prompt)
+            spent["sampled_tokens"] += sum(c.num_tokens for c in per_prompt)
+        return outs
+
+    drafts = run(prompts, SamplingParams(sampling.max_new_tokens, sampling.temperature, sampling.top_p, n=k),
+                 seed, "sampled drafts")
+    rewards = [[task.reward(q, c.text) for c in cs] for q, cs in zip(questions, drafts)]
+    flat = [r for rs in rewards for r in rs]
+    lengths = [c.num_tokens for cs in drafts for c in cs]
+    metrics: dict[str, Any] = {
+        "questions": len(questions),
+        "samples_per_question": k,
+        "temperature": sampling.temperature,
+        f"avg@{k}": sum(flat) / len(flat),
+        "mean_response_tokens": sum(lengths) / len(lengths),
+        "truncated_fraction": sum(c.finish_reason == "length" for cs in drafts for c in cs) / len(lengths),
+    }
+    for kk in report_ks(k):
+        metrics[f"pass@{kk}"] = mean_pass_at_k(rewards, kk)
+
+    greedy_rewards = None
+    if cfg.greedy:
+        greedy = run(prompts, SamplingParams(sampling.max_new_tokens, 0.0, 1.0, n=1), seed, "greedy")
+        greedy_rewards = [task.reward(q, cs[0].text) for q, cs in zip(questions, greedy)]
+        metrics["greedy_accuracy"] = sum(greedy_rewards) / len(greedy_rewards)
+
+    revisions = revision_rewards = None
+    if cfg.revise:
+        suffix = {r: text_ids(tok, phrases.suffix_text(r)) for r in (0.0, 1.0)}
+        contexts, owners = [], []
+        for qi, (p, cs) in enumerate(zip(prompts, drafts)):
+            for si, c in enumerate(cs):
+                contexts.append(reviser_context_ids(p, c.ids, suffix[rewards[qi][si]], cfg.max_reviser_tokens))
+                owners.append((qi, si))
+        outs = run(contexts, SamplingParams(sampling.max_new_tokens, sampling.temperature, sampling.top_p, n=1),
+                   seed + 1, "revisions")
+        revisions = [[None] * k for _ in questions]
+        revision_rewards = [[0.0] * k for _ in questions]
+        for (qi, si), cs in zip(owners, outs):
+            revisions[qi][si] = cs[0]
+            revision_rewards[qi][si] = task.reward(questions[qi], cs[0].text)
+        metrics.update(correction_metrics(rewards, revision_rewards))
+
+    metrics["generations"] = spent["generations"]
+    metrics["sampled_tokens"] = spent["sampled_tokens"]
+    metrics["seconds"] = {name: round(t, 2) for name, t in timings.items()}
+
+    records = []
+    for qi, q in enumerate(questions):
+        rec: dict[str, Any] = {**q.to_record(), "rewards": rewards[qi]}
+        if cfg.save_samples:
+            rec["samples"] = [c.text for c in drafts[qi]]
+        if greedy_rewards is not None:
+            rec["greedy_reward"] = greedy_rewards[qi]
+        if revisions is not None:
+            rec["revision_rewards"] = revision_rewards[qi]
+            if cfg.save_samples:
+                rec["revisions"] = [c.text for c in revisions[qi]]
+        records.append(rec)
+    return {"metrics": metrics, "questions": records}
+
+
+def correction_metrics(draft_rewards: list[list[float]], revision_rewards: list[list[float]]) -> dict[str, Any]:
+    """wrong->right and right->right rates, plus the fresh-resample reference for wrong drafts."""
+    wrong = right = fixed = kept = 0
+    resample: list[float] = []
+    for drs, rrs in zip(draft_rewards, revision_rewards):
+        for i, (d, r) in enumerate(zip(drs, rrs)):
+            if d >= 1.0:
+                right += 1
+                kept += r >= 1.0
+            else:
+                wrong += 1
+                fixed += r >= 1.0
+                others = drs[:i] + drs[i + 1 :]
+                if others:
+                    resample.append(sum(others) / len(others))
+    nan = float("nan")
+    return {
+        "wrong_drafts": wrong,
+        "right_drafts": right,
+        "correction_rate": fixed / wrong if wrong else nan,  # wrong -> right after the start-over phrase
+        "right_to_right": kept / right if right else nan,  # right stays right after the rephrase phrase
+        # For a wrong draft: accuracy of the other samples of the same question. A reviser that only
+        # resamples would fix wrong drafts at this rate; a real reviser should beat it.
+        "resample_accuracy_on_wrong": sum(resample) / len(resample) if resample else nan,
+    }
+
+
+def format_table(metrics: dict[str, Any], title: str = "") -> str:
+    """The console table: one metric per row."""
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}s" for k, v in value.items())
+        elif isinstance(value, float):
+            value = "n/a" if math.isnan(value) else f"{value:.4f}"
+        rows.append((key, str(value)))
+    width = max(len(k) for k, _ in rows)
+    lines = [title] if title else []
+    lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def write_report(path: Path, report: dict[str, Any], config: dict[str, Any]) -> None:
+    _atomic_write_json(path, {"config": config, **report})
+
+
+def config_dict(*configs: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c in configs:
+        out.update(asdict(c))
+    return out

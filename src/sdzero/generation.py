@@ -1,0 +1,151 @@
+"""Batched sampling from token-id prompts.
+
+Every caller (eval, Phase-1 collection, Phase-2 rollouts, baselines) speaks to a `Generator`: prompts go
+in as token ids and completions come out as token ids + text + finish reason. Prompts are ids, not
+messages, because the reviser continues an assistant turn that is already open (see `sdzero.chat`).
+A vLLM backend fills the same interface later (`generate(prompt_ids, params, seed)`), so callers never
+change.
+
+Simplifications of `HFGenerator`, stated up front:
+- Prompts are sorted by length and batched with left padding; the longest completion in a batch sets
+  its time, so batches are kept moderate.
+- Seeding is per batch (seed + batch index): the same seed, prompts and batch size give the same
+  samples; a different batch size gives different (equally valid) samples.
+- Sampling is plain temperature sampling over the full vocabulary (top-k off, top-p 1.0 unless asked),
+  because the methods assume samples from the policy itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+from tqdm.auto import tqdm
+
+from sdzero.errors import SDZeroError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    n: int = 1  # completions per prompt
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.n < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise SDZeroError(f"invalid sampling parameters: {self}")
+
+
+@dataclass
+class Completion:
+    ids: list[int]  # generated ids, the stop token excluded
+    text: str
+    finish_reason: Literal["stop", "length"]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.ids)
+
+
+class Generator:
+    """Interface: `generate(prompts, params, seed)` -> for each prompt, `params.n` completions."""
+
+    tokenizer: Any
+
+    def generate(
+        self, prompts: Sequence[list[int]], params: SamplingParams, seed: int = 0, desc: str = "generating"
+    ) -> list[list[Completion]]:
+        raise NotImplementedError
+
+
+def stop_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
+    """End-of-turn ids: the tokenizer's eos plus whatever the model's generation config lists."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(int(i) for i in gen_eos)
+    if not ids:
+        raise SDZeroError("the tokenizer has no end-of-sequence token; generation would never stop")
+    return sorted(ids)
+
+
+class HFGenerator(Generator):
+    """transformers `generate` on the model's own device."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, show_progress: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self.stop_ids = stop_token_ids(tokenizer, model)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else self.stop_ids[0]
+
+    def _finish(self, row: list[int]) -> Completion:
+        stops = set(self.stop_ids)
+        for i, t in enumerate(row):
+            if t in stops:
+                ids = row[:i]
+                return Completion(ids, self.tokenizer.decode(ids, skip_special_tokens=True), "stop")
+        return Completion(row, self.tokenizer.decode(row, skip_special_tokens=True), "length")
+
+    def generate(self, prompts, params, seed=0, desc="generating"):
+        import torch
+        from transformers import GenerationConfig
+
+        if not prompts:
+            return []
+        if any(len(p) == 0 for p in prompts):
+            raise SDZeroError("an empty prompt was passed to the generator")
+        # One work item per (prompt, sample); sort by prompt length to limit padding.
+        items = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
+        items.sort(key=lambda it: len(prompts[it[0]]))
+        greedy = params.temperature == 0
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else params.temperature,
+            top_p=None if greedy else params.top_p,
+            top_k=None if greedy else 0,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+        )
+        out: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        bar = tqdm(total=len(items), desc=desc, unit="seq", disable=not self.show_progress, leave=False)
+        try:
+            for b, start in enumerate(range(0, len(items), self.batch_size)):
+                batch = items[start : start + self.batch_size]
+                width = max(len(prompts[i]) for i, _ in batch)
+                input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for r, (i, _) in enumerate(batch):
+                    p = prompts[i]
+                    input_ids[r, width - len(p) :] = torch.tensor(p)
+                    mask[r, width - len(p) :] = 1
+                torch.manual_seed(seed * 1_000_003 + b)
+                with torch.no_grad():
+                    seqs = self.model.generate(
+                        input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config
+                    )
+                new = seqs[:, width:].tolist()
+                for r, (i, j) in enumerate(batch):
+                    out[i][j] = self._finish(new[r])
+                bar.update(len(batch))
+        finally:
+            bar.close()
+            self.model.train(was_training)
+        return out  # type: ignore[return-value]
+
+
+def make_generator(backend: str, model: Any, tokenizer: Any, batch_size: int = 32, **kw: Any) -> Generator:
+    if backend == "hf":
+        return HFGenerator(model, tokenizer, batch_size=batch_size, **kw)
+    raise SDZeroError(f"unknown generation backend {backend!r}; available: hf")

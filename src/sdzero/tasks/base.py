@@ -1,0 +1,71 @@
+"""A task = a deterministic pool of questions + a verifier that gives a binary reward.
+
+Splits are disjoint by question text and deterministic: the pool is built in a fixed order from the
+task's seed, duplicates dropped, and named sets are taken from its front in the order given. `eval`
+comes first by default, so the held-out set does not move when the training sets change size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdzero.errors import SDZeroError
+
+
+@dataclass
+class Question:
+    id: str
+    prompt: str  # the user message: the question inside the task's prompt template
+    answer: str  # the gold final answer
+    solution: str | None = None  # a reference solution when the data has one (SDFT's demonstration)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"id": self.id, "prompt": self.prompt, "answer": self.answer, "solution": self.solution}
+
+
+class Task:
+    """Subclasses implement `pool(n)` and `reward(question, response)`."""
+
+    name: str = "task"
+    default_template: str = "{question}"
+
+    def __init__(self, prompt_template: str | None = None):
+        template = prompt_template or self.default_template
+        if "{question}" not in template:
+            raise SDZeroError(f"the prompt template must contain a {{question}} placeholder: {template!r}")
+        self.prompt_template = template
+
+    def format_prompt(self, question_text: str) -> str:
+        return self.prompt_template.replace("{question}", question_text)
+
+    def pool(self, n: int) -> list[Question]:
+        """At least n distinct questions in a fixed order (fewer only when the source has fewer)."""
+        raise NotImplementedError
+
+    def reward(self, question: Question, response: str) -> float:
+        """1.0 when the response's final answer is right, else 0.0."""
+        raise NotImplementedError
+
+    def split(self, sizes: dict[str, int]) -> dict[str, list[Question]]:
+        """Disjoint named question sets, taken in the order of `sizes` from the front of the pool."""
+        if any(n < 0 for n in sizes.values()):
+            raise SDZeroError(f"split sizes must be >= 0: {sizes}")
+        total = sum(sizes.values())
+        if total == 0:
+            raise SDZeroError("all split sizes are 0: ask for at least one question")
+        questions = self.pool(total)
+        if len(questions) < total:
+            raise SDZeroError(
+                f"task {self.name} has only {len(questions)} distinct questions, but the splits ask for {total} "
+                f"({sizes}); use smaller splits or a harder/larger task configuration"
+            )
+        out, start = {}, 0
+        for name, n in sizes.items():
+            out[name] = questions[start : start + n]
+            start += n
+        return out
+
+    def close(self) -> None:
+        """Release verifier resources (worker processes)."""

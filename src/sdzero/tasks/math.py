@@ -1,0 +1,110 @@
+"""Math datasets (GSM8K, MATH, OpenR1-Math, ...) from the hub or a local file, verified with math-verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sdzero.errors import SDZeroError
+from sdzero.tasks.base import Question, Task
+from sdzero.verifiers.answers import extract_answer, gold_from_solution
+from sdzero.verifiers.math import MathVerifier
+
+QUESTION_COLUMNS = ("question", "problem", "prompt")
+ANSWER_COLUMNS = ("answer", "final_answer", "solution")
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_rows(source: str, config: str | None = None, split: str = "train"):
+    """A `datasets.Dataset` from a local file (by extension) or a hub name."""
+    from datasets import load_dataset
+    from datasets.utils import logging as ds_logging
+
+    path = Path(source)
+    try:
+        if path.suffix in FILE_FORMATS:
+            if not path.is_file():
+                raise SDZeroError(f"dataset file not found: {source}")
+            # A local file loads in a blink: its "Generating train split" bar is noise.
+            was_on = ds_logging.is_progress_bar_enabled()
+            ds_logging.disable_progress_bar()
+            try:
+                return load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train")
+            finally:
+                if was_on:
+                    ds_logging.enable_progress_bar()
+        return load_dataset(source, config, split=split)
+    except SDZeroError:
+        raise
+    except Exception as e:  # hub/network/format errors: say which dataset failed
+        raise SDZeroError(f"cannot load dataset {source!r}: {type(e).__name__}: {e}") from e
+
+
+def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, source: str) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise SDZeroError(f"dataset {source!r} has no {what} column {wanted!r}; its columns are {columns}")
+        return wanted
+    for c in candidates:
+        if c in columns:
+            return c
+    raise SDZeroError(
+        f"dataset {source!r} has no {what} column (looked for {list(candidates)}); its columns are {columns}; "
+        f"name it with --{what}_column"
+    )
+
+
+class MathTask(Task):
+    default_template = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+    def __init__(
+        self,
+        source: str,
+        question_column: str | None = None,
+        answer_column: str | None = None,
+        dataset_config: str | None = None,
+        dataset_split: str = "train",
+        seed: int = 0,
+        prompt_template: str | None = None,
+        answer_fallback: str = "last_number",
+        verify_timeout: float = 5.0,
+    ):
+        super().__init__(prompt_template)
+        self.name = f"math:{source}"
+        self.seed = seed
+        self.answer_fallback = answer_fallback
+        rows = load_rows(source, dataset_config, dataset_split)
+        if len(rows) == 0:
+            raise SDZeroError(f"dataset {source!r} is empty")
+        columns = list(rows.column_names)
+        self.qcol = _pick(columns, question_column, QUESTION_COLUMNS, "question", source)
+        self.acol = _pick(columns, answer_column, ANSWER_COLUMNS, "answer", source)
+        self.rows = rows
+        self.stem = Path(source).stem if Path(source).suffix else source.replace("/", "_")
+        self.verifier = MathVerifier(timeout_s=verify_timeout)
+
+    def pool(self, n: int) -> list[Question]:
+        order = np.random.default_rng(self.seed).permutation(len(self.rows))
+        seen: set[str] = set()
+        out: list[Question] = []
+        for i in order.tolist():
+            row = self.rows[i]
+            text = str(row[self.qcol] or "").strip()
+            raw_answer = row[self.acol]
+            if not text or raw_answer is None or text in seen:
+                continue
+            seen.add(text)
+            solution = str(raw_answer)
+            out.append(Question(id=f"{self.stem}-{i}", prompt=self.format_prompt(text),
+                                answer=gold_from_solution(solution), solution=solution))
+            if len(out) == n:
+                break
+        return out
+
+    def reward(self, question: Question, response: str) -> float:
+        candidate = extract_answer(response, self.answer_fallback)  # type: ignore[arg-type]
+        return 1.0 if self.verifier(candidate, question.answer) else 0.0
+
+    def close(self) -> None:
+        self.verifier.close()

@@ -1,0 +1,136 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from sdzero.config import DEFAULT_TASK, TaskConfig
+from sdzero.errors import SDZeroError
+from sdzero.tasks import load_task
+
+GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+def rg(spec=DEFAULT_TASK, **kw):
+    return load_task(TaskConfig(task=spec, **kw))
+
+
+def test_rg_splits_are_disjoint_deterministic_and_eval_is_stable():
+    task = rg()
+    a = task.split({"eval": 30, "phase1": 50, "phase2": 40})
+    texts = {name: {q.prompt for q in qs} for name, qs in a.items()}
+    assert [len(v) for v in texts.values()] == [30, 50, 40]
+    assert not (texts["eval"] & texts["phase1"]) and not (texts["eval"] & texts["phase2"])
+    assert not (texts["phase1"] & texts["phase2"])
+    b = rg().split({"eval": 30, "phase1": 50, "phase2": 40})
+    assert [q.id for q in b["phase1"]] == [q.id for q in a["phase1"]]
+    # Growing the training sets leaves the held-out set where it was.
+    c = rg().split({"eval": 30, "phase1": 200, "phase2": 100})
+    assert [q.id for q in c["eval"]] == [q.id for q in a["eval"]]
+    # A different split seed gives a different pool.
+    d = rg(split_seed=7).split({"eval": 30})
+    assert [q.prompt for q in d["eval"]] != [q.prompt for q in a["eval"]]
+
+
+def test_rg_reward_uses_the_scorer_and_only_full_credit():
+    task = rg()
+    q = task.split({"eval": 1})["eval"][0]
+    gold = q.answer
+    assert task.reward(q, f"Let me think.\nAnswer: {gold}") == 1.0
+    assert task.reward(q, f"so the result is {gold}") == 1.0  # lenient last-number fallback
+    wrong = str(int(gold) + 10)
+    assert task.reward(q, f"Answer: {wrong}") == 0.0
+    # basic_arithmetic gives partial credit to some wrong numbers: those must get a 0 reward.
+    partial = [w for w in (gold + "0", "1" + gold.lstrip("-"), gold + "1", "9" + gold.lstrip("-"))
+               if 0.0 < task.dataset.score_answer(w, q.meta["entry"]) < 1.0]
+    assert partial, "expected the scorer to give partial credit to a near-miss"
+    assert all(task.reward(q, f"Answer: {w}") == 0.0 for w in partial)
+    assert task.reward(q, "no idea") == 0.0
+    strict = rg(answer_fallback="none")
+    assert strict.reward(q, f"so the result is {gold}") == 0.0
+
+
+def test_rg_prompt_template():
+    task = rg(prompt_template="Q: {question}\nA:")
+    q = task.split({"eval": 1})["eval"][0]
+    assert q.prompt.startswith("Q: ") and q.prompt.endswith("\nA:")
+    with pytest.raises(SDZeroError, match="placeholder"):
+        rg(prompt_template="no placeholder")
+
+
+def test_rg_options_inline_and_json_merge():
+    task = rg("rg:chain_sum:min_terms=2,max_terms=2", task_options=json.dumps({"min_digits": 1, "max_digits": 1}))
+    assert task.options == {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+
+
+def test_too_few_distinct_questions_is_a_clear_error():
+    task = rg("rg:chain_sum:min_terms=2,max_terms=2,min_digits=1,max_digits=1")
+    with pytest.raises(SDZeroError, match="only 200 distinct questions"):
+        task.split({"eval": 150, "phase1": 100})
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("rg:no_such_generator", "unknown reasoning-gym generator"),
+    ("rg:chain_sum:bogus_option=1", "bad options"),
+    ("rg:chain_sum:novalue", "expected key=value"),
+    ("wat:thing", "unknown task"),
+    ("something", "unknown task"),
+])
+def test_bad_task_specs(spec, message):
+    with pytest.raises(SDZeroError, match=message):
+        load_task(TaskConfig(task=spec))
+
+
+def test_gsm8k_file_task_reads_the_real_data():
+    task = load_task(TaskConfig(task=str(GSM8K_TEST)))
+    qs = task.split({"eval": 5})["eval"]
+    assert len(qs) == 5
+    for q in qs:
+        assert "####" in q.solution and "####" not in q.answer
+        assert q.answer.replace(",", "").lstrip("-").isdigit()
+        assert q.prompt.endswith("within \\boxed{}.")
+        assert task.reward(q, f"... so \\boxed{{{q.answer}}}") == 1.0
+        assert task.reward(q, "\\boxed{123456789}") == 0.0
+    task.close()
+    # The whole file is usable, and the explicit 'math:' prefix is the same task.
+    assert len(load_task(TaskConfig(task=f"math:{GSM8K_TEST}")).pool(10_000)) == 1319
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_boxed_answers_and_custom_columns(tmp_path):
+    f = write_jsonl(tmp_path / "m.jsonl", [{"problem": "Half of one?", "solution": "It is $\\boxed{\\frac{1}{2}}$."}])
+    task = load_task(TaskConfig(task=str(f)))
+    q = task.split({"eval": 1})["eval"][0]
+    assert q.answer == "\\frac{1}{2}"
+    assert task.reward(q, "Answer: 0.5") == 1.0
+    task.close()
+    g = write_jsonl(tmp_path / "c.jsonl", [{"q": "1+1?", "gold": "2"}])
+    task = load_task(TaskConfig(task=str(g), question_column="q", answer_column="gold"))
+    assert task.split({"eval": 1})["eval"][0].answer == "2"
+    task.close()
+
+
+def test_missing_column_is_a_clear_error(tmp_path):
+    f = write_jsonl(tmp_path / "m.jsonl", [{"text": "1+1?", "label": "2"}])
+    with pytest.raises(SDZeroError, match=r"no question column .*columns are \['text', 'label'\]"):
+        load_task(TaskConfig(task=str(f)))
+    with pytest.raises(SDZeroError, match="no answer column 'gold'"):
+        load_task(TaskConfig(task=str(f), question_column="text", answer_column="gold"))
+
+
+def test_empty_dataset_is_a_clear_error(tmp_path):
+    f = tmp_path / "empty.jsonl"
+    f.write_text("")
+    with pytest.raises(SDZeroError, match="empty|cannot load"):
+        load_task(TaskConfig(task=str(f)))
+    g = write_jsonl(tmp_path / "one.jsonl", [{"question": "1+1?", "answer": "2"}])
+    with pytest.raises(SDZeroError, match="only 1 distinct"):
+        load_task(TaskConfig(task=str(g))).split({"eval": 2})
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SDZeroError, match="not found"):
+        load_task(TaskConfig(task=str(tmp_path / "nope.jsonl")))
