@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -25,24 +26,28 @@ def _parse(types: tuple, argv: list[str], prog: str):
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig
+    from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig, read_meta
     from sdzero.evaluate import EvalConfig, config_dict, evaluate, format_table, write_report
     from sdzero.generation import SamplingParams, make_generator
-    from sdzero.models import load_model_and_tokenizer
+    from sdzero.models import is_embedded, load_model_and_tokenizer
     from sdzero.tasks import load_task
 
     mc, tc, gc, rc, ec = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, EvalConfig), argv,
                                 "sdzero eval")
     task = load_task(tc)
     try:
-        questions = task.split(tc.split_sizes())["eval"]
+        questions = task.split(tc.split_sizes("eval"))["eval"]
         model, tokenizer = load_model_and_tokenizer(mc.model, mc.dtype, mc.device)
         generator = make_generator(gc.backend, model, tokenizer, batch_size=gc.batch_size)
         sampling = SamplingParams(gc.max_new_tokens, gc.temperature, gc.top_p)
         print(f"[sdzero] eval {mc.model} on {task.name}: {len(questions)} held-out questions, "
               f"k={ec.num_samples} at T={gc.temperature}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        report = evaluate(generator, task, questions, sampling, ec, rc.phrases(), tc.system_prompt, gc.seed)
+        # A model trained by sdzero carries its control phrases: evaluate it with the ones it learned.
+        stored = None if is_embedded(mc.model) or not Path(mc.model).is_dir() else read_meta(mc.model)
+        phrases = rc.phrases(stored)
+        report = evaluate(generator, task, questions, sampling, ec, phrases, tc.system_prompt, gc.seed)
+        report["control_phrases"] = phrases.to_dict()
         report["metrics"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
     finally:
         task.close()
@@ -54,8 +59,55 @@ def cmd_eval(argv: list[str]) -> int:
     return 0
 
 
+def cmd_collect(argv: list[str]) -> int:
+    from sdzero.collect import CollectConfig, collect
+    from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig
+    from sdzero.evaluate import format_table
+    from sdzero.generation import SamplingParams, make_generator
+    from sdzero.models import load_model_and_tokenizer
+    from sdzero.tasks import load_task
+
+    mc, tc, gc, rc, cc = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, CollectConfig), argv,
+                                "sdzero collect")
+    if tc.phase1_size < 1:
+        raise SDZeroError("collect needs Phase-1 questions: set --phase1_size")
+    task = load_task(tc)
+    try:
+        questions = task.split(tc.split_sizes("phase1"))["phase1"]
+        model, tokenizer = load_model_and_tokenizer(mc.model, mc.dtype, mc.device)
+        generator = make_generator(gc.backend, model, tokenizer, batch_size=gc.batch_size)
+        print(f"[sdzero] collect on {task.name}: {len(questions)} Phase-1 questions, "
+              f"{cc.drafts_per_question} draft(s) x {cc.revisions_per_draft} revision(s) at T={gc.temperature}",
+              file=sys.stderr, flush=True)
+        summary = collect(generator, task, questions, SamplingParams(gc.max_new_tokens, gc.temperature, gc.top_p),
+                          cc, rc.phrases(), tc.system_prompt, gc.seed,
+                          meta={"model": mc.model, "task": tc.task, "task_config": asdict(tc)})
+    finally:
+        task.close()
+    print(format_table(summary["stats"], f"sdzero collect  model={mc.model}  task={task.name}"))
+    print(f"data: {cc.output_dir}/kept.jsonl")
+    return 0
+
+
+def cmd_srt(argv: list[str]) -> int:
+    from sdzero.config import ModelConfig
+    from sdzero.srt import SRTConfig, run_srt
+
+    mc, sc = _parse((ModelConfig, SRTConfig), argv, "sdzero srt")
+    summary = run_srt(mc.model, sc)
+    losses = [h["loss"] for hs in summary["loss_history"].values() for h in hs]
+    print(f"sdzero srt: {summary['tuples']} tuples -> {summary['revision_records']} revision + "
+          f"{summary['generation_records']} generation records ({summary['dropped_for_length']} dropped for length)")
+    if losses:
+        print(f"  loss {losses[0]:.4f} (first log) -> {losses[-1]:.4f} (last log)")
+    print(f"model: {sc.output_dir}/model")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "eval": (cmd_eval, "evaluate a model: avg@k, pass@k, greedy accuracy, correction rate, response length"),
+    "collect": (cmd_collect, "Phase 1a: drafts, verified revisions, kept self-revision tuples"),
+    "srt": (cmd_srt, "Phase 1b: Self-Revision Training on the kept tuples (L_revision + L_generation)"),
 }
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sdzero.chat import DEFAULT_SEPARATOR, PAPER_CORRECT_PHRASE, PAPER_WRONG_PHRASE, ControlPhrases
+from sdzero.chat import ControlPhrases
 from sdzero.errors import SDZeroError
 
-
-# One-digit, two-term arithmetic: SmolLM2-135M-Instruct starts in the 20-70% band (../shared/CPU-FACTS.md)
+# One-digit, two-term arithmetic: SmolLM2-135M-Instruct starts in the 20-40% band (RESULTS.md)
 # and the generator has thousands of distinct questions, so Phase-1/Phase-2/eval splits stay disjoint.
 DEFAULT_TASK = "rg:basic_arithmetic:min_terms=2,max_terms=2,min_digits=1,max_digits=1"
 
@@ -70,8 +70,8 @@ class TaskConfig:
     split_seed: int = field(default=0, metadata={"help": "Seed of the question pool and its Phase-1/Phase-2/eval split."})
     eval_size: int = field(default=200, metadata={"help": "Held-out questions (taken first, so they do not move "
                                                           "when the training sets change size)."})
-    phase1_size: int = field(default=0, metadata={"help": "Phase-1 (self-revision collection) questions."})
-    phase2_size: int = field(default=0, metadata={"help": "Phase-2 (on-policy distillation) questions."})
+    phase1_size: int = field(default=256, metadata={"help": "Phase-1 (self-revision collection) questions."})
+    phase2_size: int = field(default=256, metadata={"help": "Phase-2 (on-policy distillation) questions."})
     verify_timeout: float = field(default=5.0, metadata={"help": "Seconds allowed per math-verify comparison."})
 
     def options(self) -> dict[str, Any]:
@@ -87,21 +87,46 @@ class TaskConfig:
             raise SDZeroError("task_options must be a JSON object")
         return opts
 
-    def split_sizes(self) -> dict[str, int]:
-        return {"eval": self.eval_size, "phase1": self.phase1_size, "phase2": self.phase2_size}
+    def split_sizes(self, upto: str = "phase2") -> dict[str, int]:
+        """Split sizes in allocation order (eval, phase1, phase2), up to the set a command needs."""
+        sizes = {"eval": self.eval_size, "phase1": self.phase1_size, "phase2": self.phase2_size}
+        names = list(sizes)
+        return {n: sizes[n] for n in names[: names.index(upto) + 1]}
+
+
+SDZERO_META = "sdzero.json"  # written beside collected data and trained models
+
+
+def read_meta(path: str | Path) -> dict[str, Any] | None:
+    """The sdzero.json of a collected dataset or trained model directory, if there is one."""
+    f = Path(path) / SDZERO_META
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise SDZeroError(f"{f} is not valid JSON: {e}") from e
 
 
 @dataclass
 class RevisionConfig:
-    correct_phrase: str = field(default=PAPER_CORRECT_PHRASE,
-                                metadata={"help": "Control phrase after a correct draft (paper default)."})
-    wrong_phrase: str = field(default=PAPER_WRONG_PHRASE,
-                              metadata={"help": "Control phrase after a wrong draft (paper default; official "
-                                        "code: 'Wait, this response is wrong. Let me correct it.')."})
-    separator: str = field(default=DEFAULT_SEPARATOR, metadata={"help": "Text around the control phrase."})
+    correct_phrase: str | None = field(
+        default=None, metadata={"help": "Control phrase after a correct draft. Default: the one stored with the "
+                                "model (sdzero.json) or data, else the paper's 'Let me rephrase the above solution.'"})
+    wrong_phrase: str | None = field(
+        default=None, metadata={"help": "Control phrase after a wrong draft. Default: stored with the model/data, "
+                                "else the paper's 'Wait, this response is not correct, let me start over.' "
+                                "(official code: 'Wait, this response is wrong. Let me correct it.')"})
+    separator: str | None = field(default=None, metadata={"help": "Text around the control phrase (default '\\n\\n')."})
 
-    def phrases(self) -> ControlPhrases:
-        return ControlPhrases(self.correct_phrase, self.wrong_phrase, self.separator)
+    def phrases(self, stored: dict[str, Any] | None = None) -> ControlPhrases:
+        """Flags first, then phrases stored with the model or data, then the paper's defaults."""
+        base = ControlPhrases.from_dict((stored or {}).get("control_phrases"))
+        return ControlPhrases(
+            correct=self.correct_phrase if self.correct_phrase is not None else base.correct,
+            wrong=self.wrong_phrase if self.wrong_phrase is not None else base.wrong,
+            separator=self.separator if self.separator is not None else base.separator,
+        )
 
 
 @dataclass

@@ -12,10 +12,7 @@ A revision is scored on its own text (what follows the control phrase), never on
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +20,7 @@ from typing import Any, Sequence
 
 from sdzero.chat import ControlPhrases, chat_prompt_ids, reviser_context_ids, text_ids
 from sdzero.errors import SDZeroError
+from sdzero.files import atomic_write_json
 from sdzero.generation import Generator, SamplingParams
 from sdzero.metrics import mean_pass_at_k, report_ks
 from sdzero.tasks.base import Question, Task
@@ -41,30 +39,6 @@ class EvalConfig:
     output: str | None = field(default=None, metadata={"help": "Where to write the JSON report "
                                                                "(default: outputs/eval-<task>-<time>.json)."})
     save_samples: bool = field(default=True, metadata={"help": "Keep every response in the JSON report."})
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN (e.g. a correction rate with no wrong drafts) becomes null: JSON has no NaN."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    """Write to a temp file beside the target, then rename: a crash never leaves half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_json_safe(obj), f, indent=2, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_prompts(tokenizer: Any, questions: Sequence[Question], system_prompt: str | None,
@@ -211,7 +185,7 @@ def format_table(metrics: dict[str, Any], title: str = "") -> str:
 
 
 def write_report(path: Path, report: dict[str, Any], config: dict[str, Any]) -> None:
-    _atomic_write_json(path, {"config": config, **report})
+    atomic_write_json(path, {"config": config, **report})
 
 
 def config_dict(*configs: Any) -> dict[str, Any]:
