@@ -86,7 +86,9 @@ def evaluate(
 
     drafts = run(prompts, SamplingParams(sampling.max_new_tokens, sampling.temperature, sampling.top_p, n=k),
                  seed, "sampled drafts")
-    rewards = [[task.reward(q, c.text) for c in cs] for q, cs in zip(questions, drafts)]
+    flat_verdicts = task.verdicts([(q, c.text) for q, cs in zip(questions, drafts) for c in cs])
+    rewards = [[v["reward"] for v in flat_verdicts[i * k : (i + 1) * k]] for i in range(len(questions))]
+    detailed = len(flat_verdicts[0]) > 1  # code tasks: keep pass/fail/timeout/error and the stderr tail
     flat = [r for rs in rewards for r in rs]
     lengths = [c.num_tokens for cs in drafts for c in cs]
     metrics: dict[str, Any] = {
@@ -103,7 +105,7 @@ def evaluate(
     greedy_rewards = None
     if cfg.greedy:
         greedy = run(prompts, SamplingParams(sampling.max_new_tokens, 0.0, 1.0, n=1), seed, "greedy")
-        greedy_rewards = [task.reward(q, cs[0].text) for q, cs in zip(questions, greedy)]
+        greedy_rewards = task.rewards([(q, cs[0].text) for q, cs in zip(questions, greedy)])
         metrics["greedy_accuracy"] = sum(greedy_rewards) / len(greedy_rewards)
 
     revisions = revision_rewards = None
@@ -118,11 +120,15 @@ def evaluate(
                    seed + 1, "revisions")
         revisions = [[None] * k for _ in questions]
         revision_rewards = [[0.0] * k for _ in questions]
-        for (qi, si), cs in zip(owners, outs):
+        scored = task.rewards([(questions[qi], cs[0].text) for (qi, _), cs in zip(owners, outs)])
+        for (qi, si), cs, r in zip(owners, outs, scored):
             revisions[qi][si] = cs[0]
-            revision_rewards[qi][si] = task.reward(questions[qi], cs[0].text)
+            revision_rewards[qi][si] = r
         metrics.update(correction_metrics(rewards, revision_rewards))
 
+    if detailed:
+        statuses = [v.get("status") for v in flat_verdicts]
+        metrics["verdicts"] = {s: statuses.count(s) for s in ("pass", "fail", "timeout", "error")}
     metrics["generations"] = spent["generations"]
     metrics["sampled_tokens"] = spent["sampled_tokens"]
     metrics["seconds"] = {name: round(t, 2) for name, t in timings.items()}
@@ -132,6 +138,8 @@ def evaluate(
         rec: dict[str, Any] = {**q.to_record(), "rewards": rewards[qi]}
         if cfg.save_samples:
             rec["samples"] = [c.text for c in drafts[qi]]
+        if detailed:
+            rec["verdicts"] = flat_verdicts[qi * k : (qi + 1) * k]
         if greedy_rewards is not None:
             rec["greedy_reward"] = greedy_rewards[qi]
         if revisions is not None:
@@ -174,7 +182,8 @@ def format_table(metrics: dict[str, Any], title: str = "") -> str:
     rows = []
     for key, value in metrics.items():
         if isinstance(value, dict):
-            value = ", ".join(f"{k} {v}s" for k, v in value.items())
+            unit = "s" if key == "seconds" else ""
+            value = ", ".join(f"{k} {v}{unit}" for k, v in value.items())
         elif isinstance(value, float):
             value = "n/a" if math.isnan(value) else f"{value:.4f}"
         rows.append((key, str(value)))

@@ -48,7 +48,17 @@ def _math(body: str, cfg: TaskConfig) -> Task:
                     answer_fallback=cfg.answer_fallback, verify_timeout=cfg.verify_timeout)
 
 
+def _code(body: str, cfg: TaskConfig) -> Task:
+    from sdzero.tasks.code import CodeTask
+
+    kind, _, source = body.partition(":")
+    return CodeTask(kind, source or None, language=cfg.code_language, seed=cfg.split_seed,
+                    prompt_template=cfg.prompt_template, dataset_config=cfg.dataset_config,
+                    dataset_split=cfg.dataset_split)
+
+
 register_task_kind("rg", _rg)
+register_task_kind("code", _code)
 register_task_kind("math", _math)
 
 

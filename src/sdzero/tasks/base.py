@@ -8,7 +8,7 @@ comes first by default, so the held-out set does not move when the training sets
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from sdzero.errors import SDZeroError
 
@@ -47,6 +47,14 @@ class Task:
     def reward(self, question: Question, response: str) -> float:
         """1.0 when the response's final answer is right, else 0.0."""
         raise NotImplementedError
+
+    def rewards(self, pairs: Sequence[tuple[Question, str]]) -> list[float]:
+        """Rewards of many (question, response) pairs; code tasks run them in parallel in the sandbox."""
+        return [v["reward"] for v in self.verdicts(pairs)]
+
+    def verdicts(self, pairs: Sequence[tuple[Question, str]]) -> list[dict[str, Any]]:
+        """{"reward": 0/1, ...}: code tasks add status (pass/fail/timeout/error), reason and stderr tail."""
+        return [{"reward": self.reward(q, r)} for q, r in pairs]
 
     def split(self, sizes: dict[str, int]) -> dict[str, list[Question]]:
         """Disjoint named question sets, taken in the order of `sizes` from the front of the pool."""
