@@ -43,8 +43,9 @@ def write_jsonl(path, rows):
 
 
 def test_mbpp_style_tasks(tmp_path):
-    f = write_jsonl(tmp_path / "mbpp.jsonl", [{"task_id": 1, "text": "Write add(a, b).", "code": "def add(a, b): return a+b",
-                                               "test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]}])
+    row = {"task_id": 1, "text": "Write add(a, b).", "code": "def add(a, b): return a+b",
+           "test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]}
+    f = write_jsonl(tmp_path / "mbpp.jsonl", [row])
     task = load_task(TaskConfig(task=f"code:mbpp:{f}"))
     q = task.split({"eval": 1})["eval"][0]
     assert "assert add(1, 2) == 3" in q.prompt and "assert add(-1, 1)" not in q.prompt  # one test shown

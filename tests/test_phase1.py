@@ -8,7 +8,6 @@ import torch
 from sdzero.chat import ControlPhrases, text_ids
 from sdzero.cli import main
 from sdzero.collect import CollectConfig, collect, load_kept, trim_repeated_tail
-from sdzero.config import TaskConfig
 from sdzero.errors import SDZeroError
 from sdzero.generation import HFGenerator, SamplingParams
 from sdzero.srt import IGNORE, PadCollator, build_generation_record, build_records, build_revision_record
@@ -67,12 +66,12 @@ def test_records_from_real_text_decode_to_the_right_pieces(tokenizer):
     y, yr = text_ids(tokenizer, "It is 6."), text_ids(tokenizer, "2+3 = 5. Answer: 5")
     suffix = text_ids(tokenizer, phrases.suffix_text(0.0))
     rev = build_revision_record(prompt, y, suffix, yr, tokenizer.eos_token_id, 512)
-    sup = [t for t, l in zip(rev["input_ids"], rev["labels"]) if l != IGNORE]
+    sup = [t for t, lab in zip(rev["input_ids"], rev["labels"]) if lab != IGNORE]
     assert tokenizer.decode(sup) == "2+3 = 5. Answer: 5<|im_end|>"
     gen = build_generation_record(prompt, y, suffix, yr, tokenizer.eos_token_id, 512)
-    sup = [t for t, l in zip(gen["input_ids"], gen["labels"]) if l != IGNORE]
+    sup = [t for t, lab in zip(gen["input_ids"], gen["labels"]) if lab != IGNORE]
     assert tokenizer.decode(sup) == "It is 6.\n\n" + phrases.wrong + "\n\n2+3 = 5. Answer: 5<|im_end|>"
-    assert all(l == IGNORE for l in gen["labels"][: len(prompt)])
+    assert all(lab == IGNORE for lab in gen["labels"][: len(prompt)])
 
 
 def test_hf_loss_on_collated_records_matches_a_dense_reference(tiny_model):
@@ -246,9 +245,9 @@ def test_srt_with_lora_saves_a_plain_merged_model(tiny_model_dir, tmp_path):
 
 
 def test_lora_training_lowers_the_loss_and_merges_exactly(tokenizer, tmp_path):
+    from conftest import make_model
     from peft import LoraConfig, get_peft_model
 
-    from conftest import make_model
     from sdzero.srt import SRTConfig, train_records
 
     model = make_model(tokenizer)

@@ -83,33 +83,37 @@ def _collect_chunk(generator: Generator, task: Task, questions: Sequence[Questio
                  dropped_duplicate=0, trimmed=0)
     draft_params = SamplingParams(gc_sampling.max_new_tokens, gc_sampling.temperature, gc_sampling.top_p, n=n_d)
     drafts = generator.generate(prompts, draft_params, seed=seed, desc="drafts")
+
+    def clean(ids: list[int]) -> list[int]:
+        if not cfg.trim_repeats:
+            return ids
+        trimmed = trim_repeated_tail(ids)
+        stats["trimmed"] += len(trimmed) < len(ids)
+        return trimmed
+
+    flat = [(qi, clean(c.ids)) for qi, cs in enumerate(drafts) for c in cs]
+    for cs in drafts:
+        stats["generations"] += len(cs)
+        stats["sampled_tokens"] += sum(c.num_tokens for c in cs)
+    texts = [tok.decode(ids, skip_special_tokens=True) for _, ids in flat]
+    # Batched: a code task runs these programs in parallel in its sandbox pool.
+    draft_rewards = task.rewards([(questions[qi], t) for (qi, _), t in zip(flat, texts)])
     contexts, owners = [], []
-    for qi, (q, p, cs) in enumerate(zip(questions, prompts, drafts)):
-        for di, c in enumerate(cs):
-            stats["generations"] += 1
-            stats["sampled_tokens"] += c.num_tokens
-            ids = c.ids
-            if cfg.trim_repeats:
-                trimmed = trim_repeated_tail(ids)
-                stats["trimmed"] += len(trimmed) < len(ids)
-                ids = trimmed
-            text = tok.decode(ids, skip_special_tokens=True)
-            r = task.reward(q, text)
-            stats["drafts"] += 1
-            stats["right_drafts"] += int(r)
-            if r >= 1.0 and not cfg.revise_correct:
-                continue
-            ctx = reviser_context_ids(p, ids, suffix[r], cfg.max_reviser_tokens)
-            contexts.append(ctx)
-            kept_ids = ids[: len(ctx) - len(p) - len(suffix[r])]  # the draft as the reviser saw it
-            owners.append((qi, kept_ids, tok.decode(kept_ids, skip_special_tokens=True), r))
+    for (qi, ids), r in zip(flat, draft_rewards):
+        stats["drafts"] += 1
+        stats["right_drafts"] += int(r)
+        if r >= 1.0 and not cfg.revise_correct:
+            continue
+        p = prompts[qi]
+        ctx = reviser_context_ids(p, ids, suffix[r], cfg.max_reviser_tokens)
+        contexts.append(ctx)
+        kept_ids = ids[: len(ctx) - len(p) - len(suffix[r])]  # the draft as the reviser saw it
+        owners.append((qi, kept_ids, tok.decode(kept_ids, skip_special_tokens=True), r))
     rev_params = SamplingParams(gc_sampling.max_new_tokens, gc_sampling.temperature, gc_sampling.top_p, n=n_r)
     revisions = generator.generate(contexts, rev_params, seed=seed + 1, desc="revisions")
-    kept: list[dict[str, Any]] = []
-    seen: set[tuple[str, tuple[int, ...]]] = set()
-    for (qi, y_ids, y_text, r), cs in zip(owners, revisions):
-        q = questions[qi]
-        branch = "right" if r >= 1.0 else "wrong"
+    candidates = []  # (owner, revision ids, revision text)
+    for owner, cs in zip(owners, revisions):
+        branch = "right" if owner[3] >= 1.0 else "wrong"
         for c in cs:
             stats["generations"] += 1
             stats["sampled_tokens"] += c.num_tokens
@@ -117,27 +121,29 @@ def _collect_chunk(generator: Generator, task: Task, questions: Sequence[Questio
             if c.finish_reason == "length" and cfg.drop_truncated:
                 stats["dropped_truncated"] += 1
                 continue
-            ids = c.ids
-            if cfg.trim_repeats:
-                trimmed = trim_repeated_tail(ids)
-                stats["trimmed"] += len(trimmed) < len(ids)
-                ids = trimmed
-            text = tok.decode(ids, skip_special_tokens=True)
-            if not ids or task.reward(q, text) < 1.0:
-                continue
-            stats[f"{branch}_to_right"] += 1
-            key = (q.id, tuple(ids))
-            if cfg.dedup and key in seen:
-                stats["dropped_duplicate"] += 1
-                continue
-            seen.add(key)
-            stats[f"kept_from_{branch}"] += 1
-            kept.append({
-                "question_id": q.id, "prompt": q.prompt, "answer": q.answer,
-                "prompt_ids": prompts[qi], "y_init": y_text, "y_init_ids": y_ids, "r_init": r,
-                "control_phrase": phrases.phrase(r), "y_revised": text, "y_revised_ids": ids,
-                "prompt_tokens": len(prompts[qi]), "y_init_tokens": len(y_ids), "y_revised_tokens": len(ids),
-            })
+            ids = clean(c.ids)
+            candidates.append((owner, ids, tok.decode(ids, skip_special_tokens=True)))
+    verified = task.rewards([(questions[o[0]], text) for o, _, text in candidates])
+    kept: list[dict[str, Any]] = []
+    seen: set[tuple[str, tuple[int, ...]]] = set()
+    for ((qi, y_ids, y_text, r), ids, text), ok in zip(candidates, verified):
+        if not ids or ok < 1.0:
+            continue
+        q = questions[qi]
+        branch = "right" if r >= 1.0 else "wrong"
+        stats[f"{branch}_to_right"] += 1
+        key = (q.id, tuple(ids))
+        if cfg.dedup and key in seen:
+            stats["dropped_duplicate"] += 1
+            continue
+        seen.add(key)
+        stats[f"kept_from_{branch}"] += 1
+        kept.append({
+            "question_id": q.id, "prompt": q.prompt, "answer": q.answer,
+            "prompt_ids": prompts[qi], "y_init": y_text, "y_init_ids": y_ids, "r_init": r,
+            "control_phrase": phrases.phrase(r), "y_revised": text, "y_revised_ids": ids,
+            "prompt_tokens": len(prompts[qi]), "y_init_tokens": len(y_ids), "y_revised_tokens": len(ids),
+        })
     return kept, stats
 
 

@@ -39,8 +39,8 @@ class TaskConfig:
         default=DEFAULT_TASK,
         metadata={"help": "What to train/evaluate on. 'rg:NAME' or 'rg:NAME:key=value,...' = a reasoning-gym "
                   "generator; 'math:PATH_OR_HUB_NAME' (or a bare local .jsonl/.json/.parquet/.csv path) = a math "
-                  "dataset verified with math-verify; 'code:humaneval', 'code:mbpp:SOURCE', 'code:stdio:SOURCE' = code run in "
-                  "the sandbox."},
+                  "dataset verified with math-verify; 'code:humaneval', 'code:mbpp:SOURCE', 'code:stdio:SOURCE' = "
+                  "code run in the sandbox."},
     )
     task_options: str | None = field(
         default=None,
@@ -69,7 +69,8 @@ class TaskConfig:
     )
     code_language: str = field(default="python", metadata={"help": "Code tasks: python or cpp (needs g++)."})
     system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
-    split_seed: int = field(default=0, metadata={"help": "Seed of the question pool and its Phase-1/Phase-2/eval split."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the question pool and its Phase-1/Phase-2/eval "
+                                                         "split."})
     eval_size: int = field(default=200, metadata={"help": "Held-out questions (taken first, so they do not move "
                                                           "when the training sets change size)."})
     phase1_size: int = field(default=256, metadata={"help": "Phase-1 (self-revision collection) questions."})

@@ -157,6 +157,7 @@ def _use_bf16(precision: str) -> bool:
 
 def train_records(model: Any, records: list[dict], cfg: SRTConfig, pad_id: int, stage: str) -> list[dict]:
     """One Trainer run over `records`; returns its log history. Resumes from this stage's last checkpoint."""
+    import torch
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
@@ -164,11 +165,10 @@ def train_records(model: Any, records: list[dict], cfg: SRTConfig, pad_id: int, 
     ckpt_dir = Path(cfg.output_dir) / "checkpoints" / stage
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     bf16 = _use_bf16(cfg.precision)
-    import torch
-
+    warmup = int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else cfg.warmup_steps  # steps, or a share of them
     args = TrainingArguments(
         output_dir=str(ckpt_dir), learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else cfg.warmup_steps, num_train_epochs=cfg.num_train_epochs,
+        warmup_steps=warmup, num_train_epochs=cfg.num_train_epochs,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, bf16=bf16, use_cpu=not torch.cuda.is_available(),

@@ -225,8 +225,9 @@ class Sandbox:
         elif "setup_error" in status:
             reason = f"sandbox setup failed: {status['setup_error']}"
         elif sig is not None:
-            reason = {signal.SIGXCPU: "cpu time limit", signal.SIGXFSZ: "file size limit (output or file too big)",
-                      signal.SIGKILL: "killed (cpu hard limit or out of memory)"}.get(sig, f"killed by {_signal_name(sig)}")
+            known = {signal.SIGXCPU: "cpu time limit", signal.SIGXFSZ: "file size limit (output or file too big)",
+                     signal.SIGKILL: "killed (cpu hard limit or out of memory)"}
+            reason = known.get(sig, f"killed by {_signal_name(sig)}")
             timed_out = sig == signal.SIGXCPU or (sig == signal.SIGKILL and wall >= lim.cpu_s)
         elif code is None:
             reason = "no status from the sandbox"
