@@ -1,12 +1,12 @@
 """`sdzero eval`: avg@k, unbiased pass@k, greedy accuracy, response length, generate-then-revise.
 
-One loop, four generation passes over the held-out questions:
+Three generation passes over the held-out questions:
 1. k sampled drafts per question at the eval temperature -> avg@k, pass@k, response length;
 2. one greedy draft per question -> greedy accuracy;
 3. each sampled draft continued by the reviser: draft + sep + P_r + sep, P_r chosen by the draft's reward
-   -> wrong->right (correction rate) and right->right;
-4. nothing else: the "fresh resample" reference for the correction rate reuses pass 1 (for a wrong draft,
-   the accuracy of the other k-1 samples of the same question), so it costs no generation.
+   -> wrong->right (correction rate) and right->right.
+The "fresh resample" reference for the correction rate reuses pass 1 (for a wrong draft, the accuracy of
+the other k-1 samples of the same question), so it costs no generation.
 A revision is scored on its own text (what follows the control phrase), never on the draft.
 """
 
