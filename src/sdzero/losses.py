@@ -1,0 +1,107 @@
+"""Token-level divergences between the student and the teacher (Phase 2, ../shared/SDZERO.md).
+
+All functions take aligned positions: row i of the student and row i of the teacher predict the same
+token of the student's response y. Positions are flattened to [N, ...]; `mask` [N] selects the response
+tokens. Each returns (mean over masked tokens, per-token values [N]); the per-token values are what the
+self-localization heat-map shows. The teacher side is never differentiated.
+
+- `topk_divergence`: on the teacher's top-k tokens, both distributions renormalised over that support
+  (official code: k=64, 0.5 * KL(T||S) + 0.5 * KL(S||T)). Only [N, k] values are ever upcast to float32.
+- `full_vocab_divergence`: over the whole vocabulary, from hidden states through the LM head in chunks of
+  rows. Each chunk runs under activation checkpointing, so neither the forward nor the backward keeps a
+  float32 [N, V] tensor: the peak is one chunk's [chunk, V].
+- `sampled_token_reverse_kl`: the single-sample estimate log S(y_t) - log T(y_t) at the token the student
+  sampled, trained as a score-function loss; in expectation over y_t ~ S its gradient is the gradient of
+  the dense reverse KL(S||T) at that position.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+Kind = Literal["forward", "reverse", "mixed", "jsd"]
+
+
+def _masked_mean(per_token: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return per_token.mean()
+    m = mask.to(per_token.dtype)
+    return (per_token * m).sum() / m.sum().clamp_min(1.0)
+
+
+def _divergence(s: torch.Tensor, t: torch.Tensor, kind: Kind, beta: float) -> torch.Tensor:
+    """Per-row divergence between log-distributions s (student) and t (teacher) over the last dim.
+
+    forward = KL(T||S); reverse = KL(S||T); mixed = beta * forward + (1 - beta) * reverse;
+    jsd = beta * KL(T||M) + (1 - beta) * KL(S||M), M = beta * T + (1 - beta) * S (generalised JSD).
+    """
+    if kind == "forward":
+        return (t.exp() * (t - s)).sum(-1)
+    if kind == "reverse":
+        return (s.exp() * (s - t)).sum(-1)
+    if kind == "mixed":
+        return beta * (t.exp() * (t - s)).sum(-1) + (1 - beta) * (s.exp() * (s - t)).sum(-1)
+    if kind == "jsd":
+        if not 0.0 < beta < 1.0:
+            raise ValueError("jsd needs 0 < beta < 1")
+        m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1 - beta)]), dim=0)
+        return beta * (t.exp() * (t - m)).sum(-1) + (1 - beta) * (s.exp() * (s - m)).sum(-1)
+    raise ValueError(f"unknown divergence kind {kind!r}: forward, reverse, mixed or jsd")
+
+
+def topk_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None,
+                    k: int = 64, kind: Kind = "mixed", beta: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Divergence on the teacher's top-k support. Logits: [N, V] (any float dtype); mask: [N]."""
+    teacher_logits = teacher_logits.detach()
+    k = min(k, teacher_logits.shape[-1])
+    t_top, idx = teacher_logits.topk(k, dim=-1)
+    s_top = student_logits.gather(-1, idx)
+    t = F.log_softmax(t_top.float(), dim=-1)  # renormalised over the support
+    s = F.log_softmax(s_top.float(), dim=-1)
+    per_token = _divergence(s, t, kind, beta)
+    return _masked_mean(per_token, mask), per_token
+
+
+def full_vocab_divergence(student_hidden: torch.Tensor, student_head: torch.Tensor, teacher_hidden: torch.Tensor,
+                          teacher_head: torch.Tensor, mask: torch.Tensor | None = None, kind: Kind = "reverse",
+                          beta: float = 0.5, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-vocabulary divergence from final hidden states [N, H] and LM-head weights [V, H], in chunks.
+
+    The float32 logits of a chunk are recomputed during the backward pass instead of being kept, so the
+    memory cost is one chunk's [chunk_size, V], whatever N is.
+    """
+    teacher_hidden, teacher_head = teacher_hidden.detach(), teacher_head.detach()
+
+    def chunk_div(h_s: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
+        s = F.log_softmax((h_s @ student_head.T).float(), dim=-1)
+        with torch.no_grad():
+            t = F.log_softmax((h_t @ teacher_head.T).float(), dim=-1)
+        return _divergence(s, t, kind, beta)
+
+    pieces = []
+    for lo in range(0, student_hidden.shape[0], chunk_size):
+        h_s, h_t = student_hidden[lo : lo + chunk_size], teacher_hidden[lo : lo + chunk_size]
+        if torch.is_grad_enabled() and (h_s.requires_grad or student_head.requires_grad):
+            pieces.append(checkpoint(chunk_div, h_s, h_t, use_reentrant=False))
+        else:
+            pieces.append(chunk_div(h_s, h_t))
+    per_token = torch.cat(pieces)
+    return _masked_mean(per_token, mask), per_token
+
+
+def sampled_token_reverse_kl(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor,
+                             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reverse KL estimated at the sampled tokens: inputs are log S(y_t) and log T(y_t), shape [N].
+
+    Returns (loss, per-token estimate). The loss is sg(log S - log T) * log S, whose gradient is, in
+    expectation over y_t ~ S, the gradient of KL(S||T) at each position (the score-function identity:
+    E_S[grad log S] = 0). Its value is not the KL; the per-token estimate is.
+    """
+    estimate = (student_logprobs - teacher_logprobs.detach()).detach()
+    loss_per_token = estimate * student_logprobs
+    return _masked_mean(loss_per_token, mask), estimate
