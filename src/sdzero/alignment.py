@@ -1,0 +1,52 @@
+"""Phase 2 inputs: the student's sequence, the teacher's sequence, and which logits line up.
+
+Student: chat(x) + y                         -> its logits at the positions that predict y's tokens.
+Teacher: chat(x) + y + sep P_r sep + y       -> its logits at the positions that predict the SECOND y.
+Row j of both predicts token y[j], so the divergence is taken row by row with no generation by the
+teacher. When the teacher's sequence would pass `max_teacher_tokens`, y itself is cut (both copies and
+the student's, so both sides see the same y); the question is never cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdzero.errors import SDZeroError
+
+
+@dataclass
+class AlignedPair:
+    student_ids: list[int]
+    teacher_ids: list[int]
+    student_positions: list[int]  # logits rows of the student that predict y[0..n-1]
+    teacher_positions: list[int]  # logits rows of the teacher that predict the second copy's y[0..n-1]
+    response_ids: list[int]  # y as used (possibly cut)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.response_ids)
+
+
+def build_aligned_pair(prompt_ids: list[int], response_ids: list[int], suffix_ids: list[int],
+                       max_teacher_tokens: int, max_student_tokens: int | None = None) -> AlignedPair:
+    room = (max_teacher_tokens - len(prompt_ids) - len(suffix_ids)) // 2
+    if max_student_tokens is not None:
+        room = min(room, max_student_tokens - len(prompt_ids))
+    if room < 1:
+        raise SDZeroError(
+            f"the teacher context does not fit: a {len(prompt_ids)}-token question plus the control phrase "
+            f"({len(suffix_ids)} tokens) leaves no room for the response under max_teacher_tokens="
+            f"{max_teacher_tokens}; the question is never truncated, so raise the limit"
+        )
+    y = list(response_ids[:room])
+    p = len(prompt_ids)
+    student = list(prompt_ids) + y
+    teacher = list(prompt_ids) + y + list(suffix_ids) + y
+    second = p + len(y) + len(suffix_ids)  # index of the first token of the second copy
+    return AlignedPair(
+        student_ids=student,
+        teacher_ids=teacher,
+        student_positions=list(range(p - 1, p - 1 + len(y))),
+        teacher_positions=list(range(second - 1, second - 1 + len(y))),
+        response_ids=y,
+    )
