@@ -29,7 +29,7 @@ def cmd_eval(argv: list[str]) -> int:
     from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig, read_meta
     from sdzero.evaluate import EvalConfig, config_dict, evaluate, format_table, write_report
     from sdzero.generation import SamplingParams, make_generator
-    from sdzero.models import is_embedded, load_model_and_tokenizer
+    from sdzero.models import load_model_and_tokenizer
     from sdzero.tasks import load_task
 
     mc, tc, gc, rc, ec = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, EvalConfig), argv,
@@ -44,8 +44,7 @@ def cmd_eval(argv: list[str]) -> int:
               f"k={ec.num_samples} at T={gc.temperature}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         # A model trained by sdzero carries its control phrases: evaluate it with the ones it learned.
-        stored = None if is_embedded(mc.model) or not Path(mc.model).is_dir() else read_meta(mc.model)
-        phrases = rc.phrases(stored)
+        phrases = rc.phrases(read_meta(mc.model))
         report = evaluate(generator, task, questions, sampling, ec, phrases, tc.system_prompt, gc.seed)
         report["control_phrases"] = phrases.to_dict()
         report["metrics"]["wall_seconds"] = round(time.perf_counter() - t0, 1)

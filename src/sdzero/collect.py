@@ -172,10 +172,10 @@ def collect(generator: Generator, task: Task, questions: Sequence[Question], sam
     prompts = build_prompts(tok, questions, system_prompt, cfg.max_prompt_tokens)
     n_chunks = (len(questions) + cfg.chunk_size - 1) // cfg.chunk_size
     totals: dict[str, int] = {}
-    kept_count = 0
+    kept: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for c in range(n_chunks):
-        if cfg.max_kept is not None and kept_count >= cfg.max_kept:
+        if cfg.max_kept is not None and len(kept) >= cfg.max_kept:
             break
         lo, hi = c * cfg.chunk_size, min(len(questions), (c + 1) * cfg.chunk_size)
         rows_file, stats_file = chunk_dir / f"chunk-{c:05d}.jsonl", chunk_dir / f"chunk-{c:05d}.stats.json"
@@ -186,14 +186,11 @@ def collect(generator: Generator, task: Task, questions: Sequence[Question], sam
                                          suffix, seed=seed * 100_003 + 2 * c)
             atomic_write_jsonl(rows_file, rows)  # rows first: a chunk counts as done only with its stats
             atomic_write_json(stats_file, stats)
-        kept_count += len(rows)
+        kept.extend(rows)
         for k, v in stats.items():
             totals[k] = totals.get(k, 0) + v
-        print(f"[collect] chunk {c + 1}/{n_chunks}: kept {len(rows)} (total {kept_count})", flush=True)
-    rows = [r for c in range(n_chunks) if (chunk_dir / f"chunk-{c:05d}.stats.json").is_file()
-            for r in read_jsonl(chunk_dir / f"chunk-{c:05d}.jsonl")]
-    if cfg.max_kept is not None:
-        rows = rows[: cfg.max_kept]
+        print(f"[collect] chunk {c + 1}/{n_chunks}: kept {len(rows)} (total {len(kept)})", flush=True)
+    rows = kept[: cfg.max_kept] if cfg.max_kept is not None else kept
     atomic_write_jsonl(out / KEPT_FILE, rows)
     summary = {
         "control_phrases": phrases.to_dict(),

@@ -248,7 +248,7 @@ def run_srt(model_name: str, cfg: SRTConfig) -> dict[str, Any]:
     summary = {
         "control_phrases": phrases.to_dict(),
         "base_model": model_name,
-        "srt": {k: v for k, v in asdict(cfg).items()},
+        "srt": asdict(cfg),
         "tuples": len(rows), "revision_records": len(rev), "generation_records": len(gen),
         "dropped_for_length": dropped, "seconds": round(time.perf_counter() - t0, 1),
         "loss_history": {k: [{"step": h["step"], "loss": h["loss"]} for h in v if "loss" in h]

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
@@ -267,9 +267,6 @@ class Verdict:
     reason: str
     stderr_tail: str
     wall_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class SandboxPool:

@@ -8,7 +8,7 @@ comes first by default, so the held-out set does not move when the training sets
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from sdzero.errors import SDZeroError
 
@@ -43,6 +43,20 @@ class Task:
     def pool(self, n: int) -> list[Question]:
         """At least n distinct questions in a fixed order (fewer only when the source has fewer)."""
         raise NotImplementedError
+
+    @staticmethod
+    def first_distinct(candidates: Iterable[Question], n: int) -> list[Question]:
+        """The first n candidates with distinct prompts (candidates are produced lazily)."""
+        seen: set[str] = set()
+        out: list[Question] = []
+        for q in candidates:
+            if q.prompt in seen:
+                continue
+            seen.add(q.prompt)
+            out.append(q)
+            if len(out) == n:
+                break
+        return out
 
     def reward(self, question: Question, response: str) -> float:
         """1.0 when the response's final answer is right, else 0.0."""

@@ -89,8 +89,7 @@ class CodeTask(Task):
         self.workers = workers
         self._pool: SandboxPool | None = None
 
-    @property
-    def pool_(self) -> SandboxPool:
+    def _sandbox_pool(self) -> SandboxPool:
         if self._pool is None:
             self._pool = SandboxPool(workers=self.workers, limits=self.limits)
         return self._pool
@@ -129,16 +128,7 @@ class CodeTask(Task):
 
         order = range(len(self.rows)) if self.kind == "humaneval" else \
             np.random.default_rng(self.seed).permutation(len(self.rows)).tolist()
-        out, seen = [], set()
-        for i in order:
-            q = self._question(i, self.rows[i])
-            if q.prompt in seen:
-                continue
-            seen.add(q.prompt)
-            out.append(q)
-            if len(out) == n:
-                break
-        return out
+        return self.first_distinct((self._question(i, self.rows[i]) for i in order), n)
 
     # ------------------------------------------------------------------ verification
 
@@ -164,7 +154,7 @@ class CodeTask(Task):
             js = self.jobs(q, r)
             spans.append((len(all_jobs), len(all_jobs) + len(js)))
             all_jobs.extend(js)
-        results = self.pool_.map(all_jobs)
+        results = self._sandbox_pool().map(all_jobs)
         verdicts = []
         for lo, hi in spans:
             mine = results[lo:hi]

@@ -85,22 +85,16 @@ class MathTask(Task):
         self.verifier = MathVerifier(timeout_s=verify_timeout)
 
     def pool(self, n: int) -> list[Question]:
-        order = np.random.default_rng(self.seed).permutation(len(self.rows))
-        seen: set[str] = set()
-        out: list[Question] = []
-        for i in order.tolist():
-            row = self.rows[i]
-            text = str(row[self.qcol] or "").strip()
-            raw_answer = row[self.acol]
-            if not text or raw_answer is None or text in seen:
-                continue
-            seen.add(text)
-            solution = str(raw_answer)
-            out.append(Question(id=f"{self.stem}-{i}", prompt=self.format_prompt(text),
-                                answer=gold_from_solution(solution), solution=solution))
-            if len(out) == n:
-                break
-        return out
+        def candidates():
+            for i in np.random.default_rng(self.seed).permutation(len(self.rows)).tolist():
+                row = self.rows[i]
+                text, raw_answer = str(row[self.qcol] or "").strip(), row[self.acol]
+                if text and raw_answer is not None:
+                    solution = str(raw_answer)
+                    yield Question(id=f"{self.stem}-{i}", prompt=self.format_prompt(text),
+                                   answer=gold_from_solution(solution), solution=solution)
+
+        return self.first_distinct(candidates(), n)
 
     def reward(self, question: Question, response: str) -> float:
         candidate = extract_answer(response, self.answer_fallback)  # type: ignore[arg-type]

@@ -52,25 +52,14 @@ class ReasoningGymTask(Task):
             raise SDZeroError(f"bad options for reasoning-gym generator {generator!r} {self.options}: {e}") from e
 
     def pool(self, n: int) -> list[Question]:
-        seen: set[str] = set()
-        out: list[Question] = []
-        # Small generators (one-digit sums) run out of distinct questions: give up after many repeats.
-        limit = min(self._max_index, 50 * n + 1000)
-        for i in range(limit):
-            entry = self.dataset[i]
-            text = entry["question"]
-            if text in seen:
-                continue
-            seen.add(text)
-            out.append(Question(
-                id=f"{self.generator}-s{self.seed}-{i}",
-                prompt=self.format_prompt(text),
-                answer=str(entry["answer"]),
-                meta={"entry": entry},
-            ))
-            if len(out) == n:
-                break
-        return out
+        def candidates():
+            # Small generators (one-digit sums) run out of distinct questions: give up after many repeats.
+            for i in range(min(self._max_index, 50 * n + 1000)):
+                entry = self.dataset[i]
+                yield Question(id=f"{self.generator}-s{self.seed}-{i}", prompt=self.format_prompt(entry["question"]),
+                               answer=str(entry["answer"]), meta={"entry": entry})
+
+        return self.first_distinct(candidates(), n)
 
     def reward(self, question: Question, response: str) -> float:
         candidate = extract_answer(response, self.answer_fallback)  # type: ignore[arg-type]
