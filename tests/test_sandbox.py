@@ -1,4 +1,4 @@
-"""The sandbox against hostile programs. Each attack is written to exit 0 only if it worked."""
+"""The sandbox against hostile programs. An attack prints 42 (the judge's "pass") only if it worked."""
 
 import os
 import socket
@@ -37,14 +37,20 @@ def canaries():
     """Files the attacks try to delete or overwrite, in places the sandbox must not reach."""
     tag = uuid.uuid4().hex[:8]
     paths = [Path(f"/tmp/sdzero-canary-{tag}"), Path(__file__).resolve().parent / f".canary-{tag}"]
+    odd_dir = Path(f"/sdzero-canary-dir-{tag}")  # a top-level folder no list of places to hide would name
     if ROOT:
         paths.append(Path(f"/var/tmp/sdzero-canary-{tag}"))
+        odd_dir.mkdir(mode=0o777)
+        odd_dir.chmod(0o777)
+        paths.append(odd_dir / "canary")
     for p in paths:
         p.write_text("canary")
         p.chmod(0o666)  # even world-writable: only the sandbox's private view may keep it out
     yield paths
     for p in paths:
         p.unlink(missing_ok=True)
+    if odd_dir.exists():
+        odd_dir.rmdir()
 
 
 @pytest.fixture(scope="module")
@@ -103,26 +109,25 @@ def attacks(canaries, victim_pid, port):
                          "[t.start() for t in ts]\n[t.join() for t in ts]\n", {"timeout", "error"}),
         "huge stdout": ("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", {"error"}),
         "write outside": (f"ok = 0\nfor p in {outside!r} + {canary_list!r}:\n    try:\n"
-                          f"        open(p, 'a').write('pwned')\n        ok += p.startswith('/tmp') is False\n"
-                          f"    except OSError:\n        pass\nassert ok, 'no write outside succeeded'\n",
-                          {"fail", "error"}),
+                          f"        open(p, 'a').write('pwned')\n"
+                          f"        ok += not p.startswith(('/tmp/', '/var/tmp/'))  # those two are private\n"
+                          f"    except OSError:\n        pass\nif ok:\n    print(42)\n", {"fail", "error"}),
         "delete outside": (f"import os\ngone = 0\nfor p in {canary_list!r}:\n    try:\n        os.remove(p)\n"
-                           f"        gone += 1\n    except OSError:\n        pass\nassert gone, 'nothing deleted'\n",
+                           f"        gone += 1\n    except OSError:\n        pass\nif gone:\n    print(42)\n",
                            {"fail", "error"}),
         "read parent env": (f"import os\nfound = {SECRET!r} in str(os.environ)\nfor pid in ['1', str(os.getppid()),"
                             f" '{os.getpid()}']:\n    try:\n        found |= {SECRET!r}.encode() in "
                             f"open(f'/proc/{{pid}}/environ', 'rb').read()\n    except OSError:\n        pass\n"
-                            f"assert found, 'no secret'\nprint('{SECRET}')\n", {"fail", "error"}),
+                            f"if found:\n    print(42)\n    print('{SECRET}')\n", {"fail", "error"}),
         "read home files": ("import os\nseen = []\nfor p in ['/root', '/home', os.path.expanduser('~root'), "
-                            f"{str(Path(__file__).resolve().parents[1])!r}]:\n    try:\n"
-                            "        seen += os.listdir(p)\n    except OSError:\n        pass\n"
-                            "assert seen, 'nothing readable'\nprint(seen)\n", {"fail", "error"}),
+                            f"{str(Path(__file__).resolve().parents[1])!r}, {str(Path(canary_list[-1]).parent)!r}]:"
+                            "\n    try:\n        seen += os.listdir(p)\n    except OSError:\n        pass\n"
+                            "if seen:\n    print(42)\n    print(seen)\n", {"fail", "error"}),
         "network": (f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n", {"error"}),
-        "kill parent and others": (f"import os, signal\nkilled = 0\nfor pid in [os.getppid(), {victim_pid}, "
-                                   f"{os.getpid()}]:\n    try:\n        os.kill(pid, 0)\n"
-                                   f"        if pid != os.getppid():\n            os.kill(pid, signal.SIGKILL)\n"
-                                   f"            killed += 1\n    except OSError:\n        pass\n"
-                                   f"assert killed, 'nothing killed'\n", {"fail", "error"}),
+        "kill parent and others": (f"import os, signal\nkilled = 0\nfor pid in [os.getppid(), {victim_pid}]:\n"
+                                   f"    try:\n        os.kill(pid, signal.SIGKILL)\n        killed += 1\n"
+                                   f"    except OSError:\n        pass\nif killed:\n    print(42)\n",
+                                   {"fail", "error"}),
         "spawn a shell": ("import subprocess\nsubprocess.run(['/bin/sh', '-c', 'id; echo pwned > /etc/pwned-by-sh; "
                           "cat /root/.bashrc'], check=True)\n", {"error"}),
         "exhaust file descriptors": ("fds = []\nwhile True:\n    fds.append(open('/dev/null'))\n", {"error"}),

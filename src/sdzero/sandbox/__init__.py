@@ -3,8 +3,9 @@
 Every program runs through `_launcher.py` (see its docstring for the exact steps):
 - its own PID namespace: when the program ends or is killed, everything it spawned dies with it;
 - no network: a fresh network namespace with no interfaces;
-- private, size-capped tmpfs over /tmp, /var/tmp, /dev/shm as the only writable places; /home, /work,
-  /root and similar hidden; a fresh /proc that shows only the sandbox's own processes;
+- a root filesystem built from an allowlist: the system directories read-only, size-capped private tmpfs
+  on /tmp and /dev/shm as the only writable places, a fresh /proc that shows only the sandbox's own
+  processes; nothing else of the host (the checkout, /home, ...) exists inside;
 - an unprivileged uid of its own (one per concurrent run, none shared with anything else), no groups;
 - limits on CPU time, wall time, address space, processes, file size (stdout/stderr included) and open
   files; a scrubbed environment.
@@ -131,6 +132,13 @@ def default_python() -> str:
     return os.path.realpath(sys.executable)
 
 
+def _install_prefix(exe: str) -> str:
+    """What must be visible for `exe` to run when it is not a system binary: its install prefix
+    (/opt/python3.11 for /opt/python3.11/bin/python3), so its libraries come along."""
+    folder = Path(os.path.realpath(exe)).parent
+    return str(folder.parent if folder.name == "bin" else folder)
+
+
 class Sandbox:
     def __init__(self, limits: Limits = Limits(), python: str | None = None, use_namespaces: bool = True):
         self.limits = limits
@@ -175,7 +183,7 @@ class Sandbox:
             spec = {
                 "argv": list(argv), "files": files or {}, "workdir": workdir, "uid": uid, "gid": uid,
                 "use_namespaces": self.use_namespaces, "disk_bytes": lim.disk_mb << 20,
-                "keep_visible": [os.path.dirname(os.path.realpath(exe))],
+                "keep_visible": [_install_prefix(exe)],
                 "stdin_fd": stdin_fd, "stdout_fd": out_fd, "stderr_fd": err_fd, "status_fd": status_fd,
                 "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
                         "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "PYTHONDONTWRITEBYTECODE": "1"},
@@ -185,6 +193,7 @@ class Sandbox:
             (rundir / "spec.json").write_text(json.dumps(spec))
             t0 = time.perf_counter()
             proc = subprocess.Popen([sys.executable, "-I", str(LAUNCHER), str(rundir / "spec.json")],
+                                    env={"PATH": "/usr/bin:/bin"},  # the host's environment stays out
                                     pass_fds=fds, start_new_session=True, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=err_fd)
             timed_out = False

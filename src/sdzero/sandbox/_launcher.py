@@ -5,13 +5,19 @@ It runs as the sandbox's parent user (root on these machines) and, in order:
 2. unshares the PID, mount, network and IPC namespaces (falls back, and says so, where not allowed);
 3. forks: the child is PID 1 of the new PID namespace (a reaper). When it exits, the kernel kills every
    process left in the namespace, so nothing the program spawned, even with setsid, outlives the run;
-4. the reaper makes mounts private, puts size-capped private tmpfs over /tmp, /var/tmp and /dev/shm
-   (the only writable places, gone after the run), hides /home, /work and /root behind empty read-only
-   tmpfs, mounts a fresh /proc (only the sandbox's processes are visible), writes the program's files
-   into /tmp/sandbox, then forks the program;
+4. the reaper builds a new root from an allowlist and pivots into it: read-only binds of the system
+   directories (/usr, /bin, /lib*, /sbin, /etc) and of the interpreter's own prefix when it lives elsewhere,
+   a minimal /dev (null, zero, full, random, urandom), a fresh /proc that shows only the sandbox's
+   processes, and size-capped private tmpfs on /tmp (/var/tmp points there) and /dev/shm as the only
+   writable places. Nothing else of the host's filesystem exists inside: not the checkout, not /home, not
+   whatever directory a CI machine happens to use. The old root is unmounted. It then writes the program's
+   files into /tmp/sandbox and forks the program;
 5. the program sets resource limits, drops to the unprivileged uid/gid (no supplementary groups),
    closes every other fd and execs with a scrubbed environment;
 6. the reaper waits, writes {exit, signal, isolation} to the status fd and exits.
+
+An allowlist, not a list of places to hide: an earlier version hid /home, /work and /root and left the rest
+of the host visible, and a hostile program rewrote a world-writable file in a CI checkout under /check.
 """
 
 import ctypes
@@ -21,8 +27,11 @@ import resource
 import sys
 
 CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWIPC = 0x00020000, 0x40000000, 0x20000000, 0x08000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x1, 0x2, 0x4, 0x8, 0x4000, 0x40000
-HIDDEN = ("/home", "/work", "/root", "/mnt", "/srv", "/opt")
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 0x1, 0x2, 0x4, 0x8, 0x20, 0x1000
+MS_REC, MS_PRIVATE, MNT_DETACH = 0x4000, 0x40000, 0x2
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+DEVICES = ("null", "zero", "full", "random", "urandom")
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 
 
 def main() -> None:
@@ -31,7 +40,7 @@ def main() -> None:
     isolation = {"namespaces": False, "network": "none", "filesystem": "directory", "processes": "uid"}
     libc = ctypes.CDLL(None, use_errno=True)
     if spec["use_namespaces"] and libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC) == 0:
-        isolation.update(namespaces=True, network="namespace", filesystem="private-tmpfs", processes="pid-namespace")
+        isolation.update(namespaces=True, network="namespace", filesystem="allowlist-root", processes="pid-namespace")
     reaper = os.fork()
     if reaper:
         _, st = os.waitpid(reaper, 0)
@@ -40,16 +49,7 @@ def main() -> None:
     work = spec["workdir"]
     try:
         if isolation["namespaces"]:
-            _mount(libc, b"none", b"/", None, MS_REC | MS_PRIVATE, None)
-            size = f"size={spec['disk_bytes']},mode=1777".encode()
-            for d in ("/tmp", "/var/tmp", "/dev/shm"):
-                if os.path.isdir(d):
-                    _mount(libc, b"tmpfs", d.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, size)
-            keep = spec["keep_visible"]
-            for d in HIDDEN:
-                if os.path.isdir(d) and not any(k == d or k.startswith(d + "/") for k in keep):
-                    _mount(libc, b"tmpfs", d.encode(), b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, b"size=4k")
-            _mount(libc, b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+            _enter_new_root(libc, spec)
             os.makedirs(work, exist_ok=True)
         for name, text in spec["files"].items():
             with open(os.path.join(work, name), "w") as f:
@@ -100,6 +100,55 @@ def _become_program(spec, work) -> None:
         os.setuid(spec["uid"])
     os.setsid()
     os.execve(spec["argv"][0], spec["argv"], spec["env"])
+
+
+def _enter_new_root(libc, spec) -> None:
+    """Build the allowlisted root on a tmpfs and pivot into it (all inside our private mount namespace)."""
+    _mount(libc, b"none", b"/", None, MS_REC | MS_PRIVATE, None)  # nothing we mount reaches the host
+    root = "/tmp"  # any existing directory works as the mount point; the host's /tmp is untouched
+    _mount(libc, b"tmpfs", root.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=755")
+    shown = [d for d in SYSTEM_DIRS if os.path.lexists(d)]
+    shown += [d for d in spec["keep_visible"] if not any(d == s or d.startswith(s + "/") for s in SYSTEM_DIRS)]
+    for d in shown:
+        inside = root + d
+        if os.path.islink(d):  # merged /usr: /bin -> usr/bin and the like
+            os.makedirs(os.path.dirname(inside), exist_ok=True)
+            os.symlink(os.readlink(d), inside)
+        elif os.path.isdir(d):
+            os.makedirs(inside, exist_ok=True)
+            _bind_read_only(libc, d, inside)
+    size = f"size={spec['disk_bytes']},mode=1777".encode()
+    for d in ("/tmp", "/dev/shm"):
+        os.makedirs(root + d, exist_ok=True)
+        _mount(libc, b"tmpfs", (root + d).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, size)
+    os.makedirs(root + "/var", exist_ok=True)
+    os.symlink("/tmp", root + "/var/tmp")
+    for name in DEVICES:
+        open(f"{root}/dev/{name}", "w").close()
+        _mount(libc, f"/dev/{name}".encode(), f"{root}/dev/{name}".encode(), None, MS_BIND, None)
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{i}", f"{root}/dev/{name}")
+    os.symlink("/proc/self/fd", root + "/dev/fd")
+    os.makedirs(root + "/proc")
+    _mount(libc, b"proc", (root + "/proc").encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    os.makedirs(root + "/.old-root")
+    os.chdir(root)
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is not None and libc.syscall(number, b".", b".old-root") == 0:
+        if libc.umount2(b"/.old-root", MNT_DETACH) != 0:
+            raise OSError(ctypes.get_errno(), "umount the old root")
+        os.rmdir("/.old-root")
+    else:  # unknown architecture: chroot; the program, unprivileged, cannot break out of it
+        os.rmdir(".old-root")
+        os.chroot(".")
+    os.chdir("/")
+    _mount(libc, b"none", b"/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+
+
+def _bind_read_only(libc, src: str, target: str) -> None:
+    # Not recursive: mounts below `src` (a container's /etc/hosts, say) stay out, so none of them is writable.
+    _mount(libc, src.encode(), target.encode(), None, MS_BIND, None)
+    _mount(libc, b"none", target.encode(), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
 
 
 def _mount(libc, src, target, fstype, flags, data) -> None:
