@@ -12,16 +12,28 @@ def test_positions_by_hand():
     assert pair.teacher_ids == [1, 2, 3, 10, 11, 20, 21, 10, 11]
     # Row 2 of the student (after token 3) predicts 10; row 6 of the teacher (after 21) predicts the second 10.
     assert pair.student_positions == [2, 3] and pair.teacher_positions == [6, 7]
-    for s, t, y in zip(pair.student_positions, pair.teacher_positions, pair.response_ids):
+    for s, t, y in zip(pair.student_positions, pair.teacher_positions, pair.target_ids):
         assert pair.student_ids[s + 1] == y and pair.teacher_ids[t + 1] == y
+
+
+def test_the_end_token_is_predicted_by_both_but_absent_from_the_first_copy():
+    pair = build_aligned_pair([1, 2], [10, 11], [20], max_teacher_tokens=64, end_ids=[99])
+    assert pair.student_ids == [1, 2, 10, 11, 99]
+    assert pair.teacher_ids == [1, 2, 10, 11, 20, 10, 11, 99]  # the draft as the reviser saw it, then y + end
+    assert pair.target_ids == [10, 11, 99]
+    for s, t, y in zip(pair.student_positions, pair.teacher_positions, pair.target_ids):
+        assert pair.student_ids[s + 1] == y and pair.teacher_ids[t + 1] == y
+    # A response cut to fit did not end where it was cut: no end token is predicted there.
+    cut = build_aligned_pair([1, 2], list(range(10, 30)), [20], max_teacher_tokens=12, end_ids=[99])
+    assert 99 not in cut.target_ids and len(cut.teacher_ids) <= 12
 
 
 def test_long_responses_are_cut_on_both_sides_never_the_question():
     prompt, y, suffix = [1, 2, 3], list(range(100, 120)), [7, 8]
     pair = build_aligned_pair(prompt, y, suffix, max_teacher_tokens=15)
-    assert pair.response_ids == y[:5] and len(pair.teacher_ids) <= 15
+    assert pair.target_ids == y[:5] and len(pair.teacher_ids) <= 15
     assert pair.teacher_ids[:3] == prompt and pair.student_ids == prompt + y[:5]
-    assert build_aligned_pair(prompt, y, suffix, 100, max_student_tokens=6).response_ids == y[:3]
+    assert build_aligned_pair(prompt, y, suffix, 100, max_student_tokens=6).target_ids == y[:3]
     with pytest.raises(SDZeroError, match="never truncated"):
         build_aligned_pair(prompt, y, suffix, max_teacher_tokens=6)
 

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from sdzero.losses import full_vocab_divergence, sampled_token_reverse_kl, topk_divergence
+from sdzero.losses import (
+    full_vocab_divergence,
+    sampled_token_reverse_kl,
+    token_logprobs_from_hidden,
+    topk_divergence,
+    topk_divergence_from_hidden,
+)
 
 N, V, H = 13, 50, 8
 
@@ -90,6 +96,48 @@ def test_full_vocab_chunked_matches_a_dense_reference(kind, chunk):
     g_h, g_w = torch.autograd.grad(loss, (hs32, ws32))
     r_h, r_w = torch.autograd.grad(ref, (hs64, ws64))
     assert torch.allclose(g_h.double(), r_h, atol=1e-5) and torch.allclose(g_w.double(), r_w, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["forward", "reverse", "mixed"])
+@pytest.mark.parametrize("chunk", [1, 5, 100])
+def test_topk_from_hidden_matches_the_dense_reference(kind, chunk):
+    """The trainer's top-k path (student logits only at the k ids) against float64 on full logits."""
+    g = torch.Generator().manual_seed(4)
+    hs, ht = torch.randn(N, H, generator=g), torch.randn(N, H, generator=g)
+    ws, wt = torch.randn(V, H, generator=g), torch.randn(V, H, generator=g)
+    mask = torch.rand(N, generator=g) > 0.3
+    k = 9
+    hs32, ws32 = hs.clone().requires_grad_(True), ws.clone().requires_grad_(True)
+    loss, per_token = topk_divergence_from_hidden(hs32, ws32, ht, wt, mask, k=k, kind=kind, beta=0.3,
+                                                  chunk_size=chunk)
+    hs64, ws64 = hs.double().clone().requires_grad_(True), ws.double().clone().requires_grad_(True)
+    s_full, t_full = hs64 @ ws64.T, ht.double() @ wt.double().T
+    rows = []
+    for i in range(N):
+        support = torch.argsort(t_full[i], descending=True)[:k]
+        rows.append(dense(s_full[i, support], t_full[i, support], kind, beta=0.3))
+    ref_per_token = torch.stack(rows)
+    ref = masked_mean(ref_per_token, mask.double())
+    assert torch.allclose(per_token.double(), ref_per_token, atol=1e-5)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+    g_h, g_w = torch.autograd.grad(loss, (hs32, ws32))
+    r_h, r_w = torch.autograd.grad(ref, (hs64, ws64))
+    assert torch.allclose(g_h.double(), r_h, atol=1e-5) and torch.allclose(g_w.double(), r_w, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 100])
+def test_token_logprobs_from_hidden_matches_log_softmax(chunk):
+    g = torch.Generator().manual_seed(5)
+    h, w = torch.randn(N, H, generator=g), torch.randn(V, H, generator=g)
+    targets = torch.randint(0, V, (N,), generator=g)
+    h32 = h.clone().requires_grad_(True)
+    lp = token_logprobs_from_hidden(h32, w, targets, chunk_size=chunk)
+    h64 = h.double().clone().requires_grad_(True)
+    ref = torch.log_softmax(h64 @ w.double().T, -1).gather(-1, targets[:, None]).squeeze(-1)
+    assert torch.allclose(lp.double(), ref, atol=1e-5)
+    (g32,) = torch.autograd.grad(lp.sum(), h32)
+    (g64,) = torch.autograd.grad(ref.sum(), h64)
+    assert torch.allclose(g32.double(), g64, atol=1e-5)
 
 
 def test_full_vocab_never_differentiates_the_teacher():

@@ -3,8 +3,11 @@
 Student: chat(x) + y                         -> its logits at the positions that predict y's tokens.
 Teacher: chat(x) + y + sep P_r sep + y       -> its logits at the positions that predict the SECOND y.
 Row j of both predicts token y[j], so the divergence is taken row by row with no generation by the
-teacher. When the teacher's sequence would pass `max_teacher_tokens`, y itself is cut (both copies and
-the student's, so both sides see the same y); the question is never cut.
+teacher. `end_ids` (the end-of-turn token, when the student stopped by itself) are appended to the student's
+y and to the teacher's second copy only: the teacher's first copy is the draft as the reviser saw it in
+Phase 1 (no end token), and the end token is a prediction both sides make, so when to stop is distilled
+too. When the teacher's sequence would pass `max_teacher_tokens`, y itself is cut (both copies and the
+student's, so both sides see the same y); the question is never cut.
 """
 
 from __future__ import annotations
@@ -20,18 +23,19 @@ class AlignedPair:
     teacher_ids: list[int]
     student_positions: list[int]  # logits rows of the student that predict y[0..n-1]
     teacher_positions: list[int]  # logits rows of the teacher that predict the second copy's y[0..n-1]
-    response_ids: list[int]  # y as used (possibly cut)
+    target_ids: list[int]  # the tokens predicted: y as used (possibly cut), then end_ids
 
     @property
     def num_tokens(self) -> int:
-        return len(self.response_ids)
+        return len(self.target_ids)
 
 
 def build_aligned_pair(prompt_ids: list[int], response_ids: list[int], suffix_ids: list[int],
-                       max_teacher_tokens: int, max_student_tokens: int | None = None) -> AlignedPair:
-    room = (max_teacher_tokens - len(prompt_ids) - len(suffix_ids)) // 2
+                       max_teacher_tokens: int, max_student_tokens: int | None = None,
+                       end_ids: list[int] | tuple[int, ...] = ()) -> AlignedPair:
+    room = (max_teacher_tokens - len(prompt_ids) - len(suffix_ids) - len(end_ids)) // 2
     if max_student_tokens is not None:
-        room = min(room, max_student_tokens - len(prompt_ids))
+        room = min(room, max_student_tokens - len(prompt_ids) - len(end_ids))
     if room < 1:
         raise SDZeroError(
             f"the teacher context does not fit: a {len(prompt_ids)}-token question plus the control phrase "
@@ -39,14 +43,17 @@ def build_aligned_pair(prompt_ids: list[int], response_ids: list[int], suffix_id
             f"{max_teacher_tokens}; the question is never truncated, so raise the limit"
         )
     y = list(response_ids[:room])
+    if len(y) < len(response_ids):
+        end_ids = ()  # a cut response did not end there: predicting the end token would be wrong
+    targets = y + list(end_ids)
     p = len(prompt_ids)
-    student = list(prompt_ids) + y
-    teacher = list(prompt_ids) + y + list(suffix_ids) + y
+    student = list(prompt_ids) + targets
+    teacher = list(prompt_ids) + y + list(suffix_ids) + targets
     second = p + len(y) + len(suffix_ids)  # index of the first token of the second copy
     return AlignedPair(
         student_ids=student,
         teacher_ids=teacher,
-        student_positions=list(range(p - 1, p - 1 + len(y))),
-        teacher_positions=list(range(second - 1, second - 1 + len(y))),
-        response_ids=y,
+        student_positions=list(range(p - 1, p - 1 + len(targets))),
+        teacher_positions=list(range(second - 1, second - 1 + len(targets))),
+        target_ids=targets,
     )

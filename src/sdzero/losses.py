@@ -7,9 +7,13 @@ self-localization heat-map shows. The teacher side is never differentiated.
 
 - `topk_divergence`: on the teacher's top-k tokens, both distributions renormalised over that support
   (official code: k=64, 0.5 * KL(T||S) + 0.5 * KL(S||T)). Only [N, k] values are ever upcast to float32.
+  `topk_divergence_from_hidden` is the same quantity from hidden states: the teacher's logits are made a
+  chunk at a time without gradient, and the student's only at the k support tokens, so the student never
+  has an [N, V] logits tensor at all (the trainer uses this one).
 - `full_vocab_divergence`: over the whole vocabulary, from hidden states through the LM head in chunks of
   rows. Each chunk runs under activation checkpointing, so neither the forward nor the backward keeps a
   float32 [N, V] tensor: the peak is one chunk's [chunk, V].
+- `token_logprobs_from_hidden`: log p(target) per row, from hidden states in checkpointed chunks.
 - `sampled_token_reverse_kl`: the single-sample estimate log S(y_t) - log T(y_t) at the token the student
   sampled, trained as a score-function loss; in expectation over y_t ~ S its gradient is the gradient of
   the dense reverse KL(S||T) at that position.
@@ -65,6 +69,53 @@ def topk_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     s = F.log_softmax(s_top.float(), dim=-1)
     per_token = _divergence(s, t, kind, beta)
     return _masked_mean(per_token, mask), per_token
+
+
+def topk_divergence_from_hidden(student_hidden: torch.Tensor, student_head: torch.Tensor,
+                                teacher_hidden: torch.Tensor, teacher_head: torch.Tensor,
+                                mask: torch.Tensor | None = None, k: int = 64, kind: Kind = "mixed", beta: float = 0.5,
+                                chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """`topk_divergence` from final hidden states [N, H] and LM-head weights [V, H], in chunks of rows.
+
+    Per chunk: teacher logits [c, V] without gradient -> top-k ids; student logits only at those ids
+    ([c, k], from the k gathered head rows), recomputed in the backward pass instead of being kept.
+    """
+    teacher_hidden, teacher_head = teacher_hidden.detach(), teacher_head.detach()
+    k = min(k, teacher_head.shape[0])
+
+    def chunk_div(h_s: torch.Tensor, idx: torch.Tensor, t_top: torch.Tensor) -> torch.Tensor:
+        s_top = torch.einsum("ch,ckh->ck", h_s, student_head[idx])
+        return _divergence(F.log_softmax(s_top.float(), dim=-1), F.log_softmax(t_top.float(), dim=-1), kind, beta)
+
+    pieces = []
+    for lo in range(0, student_hidden.shape[0], chunk_size):
+        h_s, h_t = student_hidden[lo : lo + chunk_size], teacher_hidden[lo : lo + chunk_size]
+        with torch.no_grad():
+            t_top, idx = (h_t @ teacher_head.T).topk(k, dim=-1)
+        if torch.is_grad_enabled() and (h_s.requires_grad or student_head.requires_grad):
+            pieces.append(checkpoint(chunk_div, h_s, idx, t_top, use_reentrant=False))
+        else:
+            pieces.append(chunk_div(h_s, idx, t_top))
+    per_token = torch.cat(pieces)
+    return _masked_mean(per_token, mask), per_token
+
+
+def token_logprobs_from_hidden(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor,
+                               chunk_size: int = 1024) -> torch.Tensor:
+    """log p(targets[i]) under softmax(hidden[i] @ head.T), float32, [N]; chunked and checkpointed."""
+
+    def chunk_lp(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = (h @ head.T).float()
+        return logits.gather(-1, t[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+    pieces = []
+    for lo in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[lo : lo + chunk_size], targets[lo : lo + chunk_size]
+        if torch.is_grad_enabled() and (h.requires_grad or head.requires_grad):
+            pieces.append(checkpoint(chunk_lp, h, t, use_reentrant=False))
+        else:
+            pieces.append(chunk_lp(h, t))
+    return torch.cat(pieces)
 
 
 def full_vocab_divergence(student_hidden: torch.Tensor, student_head: torch.Tensor, teacher_hidden: torch.Tensor,
