@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from parity_task import ParityTask  # also registers the parity: task
 
 from sdzero.chat import ControlPhrases, text_ids
 from sdzero.cli import main
@@ -11,24 +12,6 @@ from sdzero.collect import CollectConfig, collect, load_kept, trim_repeated_tail
 from sdzero.errors import SDZeroError
 from sdzero.generation import HFGenerator, SamplingParams
 from sdzero.srt import IGNORE, PadCollator, build_generation_record, build_records, build_revision_record
-from sdzero.tasks import register_task_kind
-from sdzero.tasks.base import Question, Task
-
-
-class ParityTask(Task):
-    """A task a random model solves half the time: right when the response has an even number of characters."""
-
-    name = "test:parity"
-
-    def pool(self, n):
-        return [Question(id=f"p{i}", prompt=f"Say something #{i}.", answer="even") for i in range(n)]
-
-    def reward(self, question, response):
-        return 1.0 if response and len(response) % 2 == 0 else 0.0
-
-
-register_task_kind("parity", lambda body, cfg: ParityTask())
-
 
 # ---------------------------------------------------------------- records and masks, by hand
 

@@ -103,10 +103,47 @@ def cmd_srt(argv: list[str]) -> int:
     return 0
 
 
+def cmd_distill(argv: list[str]) -> int:
+    from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig, read_meta
+    from sdzero.distill import DistillConfig, run_distill, summarize_history
+    from sdzero.generation import SamplingParams
+    from sdzero.tasks import load_task
+
+    mc, tc, gc, rc, dc = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, DistillConfig), argv,
+                                "sdzero distill")
+    if tc.phase2_size < 1:
+        raise SDZeroError("distill needs Phase-2 questions: set --phase2_size")
+    task = load_task(tc)
+    try:
+        questions = task.split(tc.split_sizes("phase2"))["phase2"]
+        # The phrases the SRT model learned (stored in its sdzero.json) unless flags say otherwise.
+        phrases = rc.phrases(read_meta(mc.model))
+        sampling = SamplingParams(gc.max_new_tokens, gc.temperature, gc.top_p, n=dc.samples_per_question)
+        print(f"[sdzero] distill {mc.model} on {task.name}: {len(questions)} Phase-2 questions, "
+              f"{dc.max_steps} steps x {dc.questions_per_step} questions, teacher={dc.teacher}, "
+              f"divergence={dc.divergence}/{dc.divergence_kind}", file=sys.stderr, flush=True)
+        summary = run_distill(mc.model, task, questions, dc, sampling, phrases, tc.system_prompt, gc.backend,
+                              gc.batch_size, gc.seed)
+    finally:
+        task.close()
+    history = summary.get("history") or []
+    if history:
+        moved = summarize_history(history)
+        print("sdzero distill: first 5 steps -> last 5 steps")
+        for k, v in moved.items():
+            print(f"  {k:<16} {v['first']:.4f} -> {v['last']:.4f}")
+    if summary.get("stopped_early"):
+        print(f"stopped after step {summary['steps']} (stop_after_steps); run again to resume")
+    else:
+        print(f"model: {dc.output_dir}/model   log: {dc.output_dir}/log.jsonl   heat-maps: {dc.output_dir}/selfloc/")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "eval": (cmd_eval, "evaluate a model: avg@k, pass@k, greedy accuracy, correction rate, response length"),
     "collect": (cmd_collect, "Phase 1a: drafts, verified revisions, kept self-revision tuples"),
     "srt": (cmd_srt, "Phase 1b: Self-Revision Training on the kept tuples (L_revision + L_generation)"),
+    "distill": (cmd_distill, "Phase 2: on-policy self-distillation, the reviser as teacher (accelerate launch ok)"),
 }
 
 

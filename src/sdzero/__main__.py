@@ -1,0 +1,5 @@
+import sys
+
+from sdzero.cli import main
+
+sys.exit(main())

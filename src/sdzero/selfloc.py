@@ -1,0 +1,72 @@
+"""Token-level self-localization: where in a response the teacher disagrees with the student.
+
+Phase 2 writes, for a sample of its responses, the per-token KL(student || teacher) over the full
+vocabulary. The paper's observation: on wrong responses the KL concentrates on a few tokens (the error);
+on correct ones it is flat. `concentration` measures that (share of a response's total KL carried by its
+top 10% of tokens), and `render_html` draws the heat-map, correct and wrong responses side by side.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, Sequence
+
+
+def concentration(kl: Sequence[float], top_share: float = 0.1) -> float:
+    """Share of the total KL on the top `top_share` of tokens (at least one): 1.0 = all on a few tokens,
+    about `top_share` = spread evenly."""
+    values = sorted((max(0.0, v) for v in kl), reverse=True)
+    total = sum(values)
+    if not values or total <= 0:
+        return math.nan
+    k = max(1, round(len(values) * top_share))
+    return sum(values[:k]) / total
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean per-token KL and mean concentration, for correct and for wrong responses."""
+    out: dict[str, float] = {}
+    for label, want in (("correct", True), ("wrong", False)):
+        group = [r for r in rows if (r["reward"] >= 1.0) == want and r["kl"]]
+        conc = [c for c in (concentration(r["kl"]) for r in group) if not math.isnan(c)]
+        toks = [v for r in group for v in r["kl"]]
+        out[f"{label}_responses"] = len(group)
+        out[f"{label}_mean_kl"] = sum(toks) / len(toks) if toks else math.nan
+        out[f"{label}_top10_share"] = sum(conc) / len(conc) if conc else math.nan
+    return out
+
+
+def _response_html(row: dict[str, Any], scale: float) -> str:
+    spans = []
+    for tok, v in zip(row["tokens"], row["kl"]):
+        a = min(1.0, max(0.0, v) / scale) if scale > 0 else 0.0
+        text = html.escape(tok).replace("\n", "&#8629;<br>")
+        spans.append(f'<span title="KL {v:.4f}" style="background: rgba(220, 40, 30, {a:.3f})">{text}</span>')
+    verdict = "correct" if row["reward"] >= 1.0 else "wrong"
+    conc = concentration(row["kl"])
+    return (f'<div class="resp"><div class="meta">{verdict} &middot; {len(row["kl"])} tokens &middot; '
+            f'mean KL {sum(row["kl"]) / max(1, len(row["kl"])):.4f} &middot; top-10% share {conc:.2f}</div>'
+            f'<div class="q">{html.escape(row["question"])}</div><div class="y">{"".join(spans)}</div></div>')
+
+
+def render_html(rows: Sequence[dict[str, Any]], title: str) -> str:
+    """One self-contained page: correct responses on the left, wrong on the right; darker = larger KL
+    (one colour scale for the page: the 98th percentile of all token values is full red)."""
+    values = sorted(v for r in rows for v in r["kl"])
+    scale = values[min(len(values) - 1, int(0.98 * len(values)))] if values else 1.0
+    cols = []
+    for label, want in (("Correct responses", True), ("Wrong responses", False)):
+        body = "".join(_response_html(r, scale) for r in rows if (r["reward"] >= 1.0) == want) or "<p>none</p>"
+        cols.append(f'<div class="col"><h2>{label}</h2>{body}</div>')
+    s = summarize(rows)
+    summary = (f"mean per-token KL: correct {s['correct_mean_kl']:.4f}, wrong {s['wrong_mean_kl']:.4f}; "
+               f"share of KL on the top 10% of tokens: correct {s['correct_top10_share']:.2f}, "
+               f"wrong {s['wrong_top10_share']:.2f}")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
+body {{ font-family: sans-serif; margin: 1.5em; }} .cols {{ display: flex; gap: 2em; }} .col {{ flex: 1; }}
+.resp {{ border: 1px solid #ccc; padding: .6em; margin-bottom: 1em; }} .meta {{ color: #555; font-size: 85%; }}
+.q {{ font-style: italic; margin: .3em 0; }} .y {{ font-family: monospace; white-space: pre-wrap; }}
+</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(summary)}. Hover a token for its value.</p>
+<div class="cols">{"".join(cols)}</div></body></html>
+"""

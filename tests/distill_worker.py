@@ -1,0 +1,12 @@
+"""`sdzero` with the test task registered, for `accelerate launch tests/distill_worker.py distill ...`."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import parity_task  # noqa: E402,F401  (registers the parity: task)
+
+from sdzero.cli import main  # noqa: E402
+
+sys.exit(main())

@@ -1,0 +1,328 @@
+"""Phase 2: the distillation trainer on a tiny random model (CPU, offline)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import parity_task  # noqa: F401  (registers the parity: task)
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdzero.alignment import build_aligned_pair
+from sdzero.chat import ControlPhrases, chat_prompt_ids, text_ids
+from sdzero.cli import main
+from sdzero.distill import DistillConfig, PolicyForward, Teacher, pad_batch, step_question_indices
+from sdzero.errors import SDZeroError
+from sdzero.losses import topk_divergence
+from sdzero.selfloc import concentration, render_html, summarize
+
+HERE = Path(__file__).resolve().parent
+
+
+def distill_args(model_dir, out, *extra):
+    return ["distill", "--model", str(model_dir), "--task", "parity:", "--eval_size", "2", "--phase2_size", "16",
+            "--max_new_tokens", "10", "--temperature", "1.0", "--max_steps", "4", "--questions_per_step", "8",
+            "--micro_batch_size", "3", "--output_dir", str(out), "--learning_rate", "1e-3", "--warmup_steps", "0",
+            "--precision", "fp32", "--save_steps", "2", *extra]
+
+
+def history(out):
+    return [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+def column(hist, key):
+    return [float("nan") if h[key] is None else h[key] for h in hist]  # kl_correct is None in a step with none
+
+
+# ---------------------------------------------------------------- pieces, by hand
+
+def test_question_order_is_a_function_of_seed_and_step():
+    steps = [step_question_indices(10, 4, s, seed=3) for s in range(5)]
+    assert steps == [step_question_indices(10, 4, s, seed=3) for s in range(5)]
+    flat = [i for s in steps for i in s]
+    assert sorted(flat[:10]) == list(range(10))  # the first epoch visits every question once
+    assert sorted(flat[10:20]) == list(range(10))
+    assert flat[:10] != flat[10:20]  # reshuffled per epoch
+    assert steps[0] != step_question_indices(10, 4, 0, seed=4)
+
+
+def test_pad_batch_indexes_every_aligned_row():
+    ids, mask, rows, cols = pad_batch([[5, 6, 7], [8, 9]], [[1, 2], [0]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 9, 0]] and mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert rows.tolist() == [0, 0, 1] and cols.tolist() == [1, 2, 0]
+
+
+def test_config_errors_are_clear():
+    for bad, match in [({"divergence": "sideways"}, "divergence must be"),
+                       ({"divergence": "topk", "divergence_kind": "jsd"}, "divergence_kind"),
+                       ({"teacher": "oracle"}, "teacher must be"),
+                       ({"teacher": "ema", "ema_rate": 0.0}, "ema_rate"),
+                       ({"questions_per_step": 0}, "questions_per_step")]:
+        with pytest.raises(SDZeroError, match=match):
+            DistillConfig(**bad).validate()
+    with pytest.raises(SDZeroError, match="does not split over 3 processes"):
+        DistillConfig(questions_per_step=8).validate(num_processes=3)
+    cfg = DistillConfig(divergence="sampled")
+    cfg.validate()
+    assert cfg.divergence_kind == "reverse"
+
+
+# ---------------------------------------------------------------- the loss the trainer computes
+
+@pytest.mark.parametrize("divergence,kind", [("topk", "mixed"), ("topk", "reverse"), ("full", "reverse"),
+                                             ("full", "jsd")])
+def test_trainer_loss_matches_a_dense_reference_on_a_real_model(tokenizer, divergence, kind):
+    """Student and teacher passes through PolicyForward (hidden states, padded batch of two responses) against
+    the same divergence computed from each sequence's full logits, one at a time, in float64."""
+    from conftest import make_model
+
+    student, teacher = make_model(tokenizer, seed=0), make_model(tokenizer, seed=1)
+    phrases = ControlPhrases()
+    pairs = []
+    for q, y, r in [("What is 2+3?", "It is 5.", 1.0), ("Name a colour.", "Blue, I think so", 0.0)]:
+        pairs.append(build_aligned_pair(chat_prompt_ids(tokenizer, q), text_ids(tokenizer, y),
+                                        text_ids(tokenizer, phrases.suffix_text(r)), 512,
+                                        end_ids=[tokenizer.eos_token_id]))
+    t_ids, t_mask, t_rows, t_cols = pad_batch([p.teacher_ids for p in pairs], [p.teacher_positions for p in pairs], 0)
+    s_ids, s_mask, s_rows, s_cols = pad_batch([p.student_ids for p in pairs], [p.student_positions for p in pairs], 0)
+    with torch.no_grad():
+        t_hidden, t_head = PolicyForward(teacher)(t_ids, t_mask, t_rows, t_cols, role="teacher")
+    per_token = PolicyForward(student)(s_ids, s_mask, s_rows, s_cols, role="student", teacher_hidden=t_hidden,
+                                       teacher_head=t_head, divergence=divergence, kind=kind, beta=0.3, topk=16,
+                                       chunk_size=5)
+    ref = []
+    for p in pairs:
+        with torch.no_grad():
+            t_logits = teacher(torch.tensor([p.teacher_ids])).logits[0, p.teacher_positions].double()
+        s_logits = student(torch.tensor([p.student_ids])).logits[0, p.student_positions].double()
+        if divergence == "topk":
+            ref.append(topk_divergence(s_logits, t_logits, k=16, kind=kind, beta=0.3)[1])
+        else:
+            s, t = torch.log_softmax(s_logits, -1), torch.log_softmax(t_logits, -1)
+            if kind == "reverse":
+                ref.append((s.exp() * (s - t)).sum(-1))
+            else:
+                m = torch.logsumexp(torch.stack([t + torch.log(torch.tensor(0.3)), s + torch.log(torch.tensor(0.7))]),
+                                    0)
+                ref.append(0.3 * (t.exp() * (t - m)).sum(-1) + 0.7 * (s.exp() * (s - m)).sum(-1))
+    ref = torch.cat(ref).double()
+    assert per_token.shape == ref.shape == (sum(p.num_tokens for p in pairs),)
+    assert torch.allclose(per_token.double(), ref, atol=1e-5), (per_token, ref)
+    g = torch.autograd.grad(per_token.sum(), student.model.embed_tokens.weight)[0]
+    g_ref = torch.autograd.grad(ref.sum(), student.model.embed_tokens.weight)[0]
+    assert torch.allclose(g.double(), g_ref.double(), atol=1e-5)
+
+
+# ---------------------------------------------------------------- teachers
+
+def test_teacher_kinds_update_as_documented(tokenizer):
+    from conftest import make_model
+
+    student = make_model(tokenizer, seed=0)
+    start = {n: p.detach().clone() for n, p in student.named_parameters()}
+    teachers = {k: Teacher(k, student, use_lora=False, ema_rate=0.25, sync_steps=2) for k in ("frozen", "sync", "ema")}
+    for t in teachers.values():
+        assert all(not p.requires_grad for p in t.module.parameters()) and not t.module.training
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    name = "model.embed_tokens.weight"
+
+    def w(kind):
+        return dict(teachers[kind].module.lm.named_parameters())[name]
+
+    assert not teachers["sync"].update(student, step=1)  # only every 2nd step
+    assert teachers["ema"].update(student, step=1)
+    assert torch.allclose(w("ema"), start[name] + 0.25)  # 0.75 * old + 0.25 * (old + 1)
+    assert teachers["sync"].update(student, step=2) and torch.allclose(w("sync"), start[name] + 1.0)
+    assert not teachers["frozen"].update(student, step=2) and torch.equal(w("frozen"), start[name])
+
+
+def test_lora_teachers_hold_no_second_copy_of_the_weights(tokenizer):
+    from conftest import make_model
+    from peft import LoraConfig, get_peft_model
+
+    base = make_model(tokenizer, seed=0)
+    ids = torch.tensor([chat_prompt_ids(tokenizer, "hello")])
+    with torch.no_grad():
+        base_logits = base(ids).logits
+    lm = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0,
+                                         init_lora_weights=False))  # non-zero B: adapters change the output
+    policy = PolicyForward(lm)
+    frozen = Teacher("frozen", lm, use_lora=True, ema_rate=0.1, sync_steps=1)
+    ema = Teacher("ema", lm, use_lora=True, ema_rate=0.5, sync_steps=1)
+    assert frozen.module is None and ema.module is None
+    assert ema.adapter and all("lora_" in n for n in ema.adapter)
+    rows, cols = torch.zeros(ids.shape[1], dtype=torch.long), torch.arange(ids.shape[1])
+    mask = torch.ones_like(ids)
+
+    def teacher_logits(t):
+        with torch.no_grad(), t.weights(policy, policy) as m:
+            h, head = m(ids, mask, rows, cols, role="teacher")
+        return h @ head.T
+
+    assert torch.allclose(teacher_logits(frozen), base_logits[0], atol=1e-5)  # adapters off = the base model
+    with torch.no_grad():
+        student_logits = lm(ids).logits[0]
+    assert not torch.allclose(student_logits, base_logits[0], atol=1e-3)
+    assert torch.allclose(teacher_logits(ema), student_logits, atol=1e-5)  # starts as the student
+    before = {n: p.detach().clone() for n, p in lm.named_parameters() if "lora_" in n}
+    with torch.no_grad():
+        for n, p in lm.named_parameters():
+            if "lora_" in n:
+                p.add_(1.0)
+    ema.update(lm, step=1)
+    for n, t in ema.adapter.items():
+        assert torch.allclose(t, before[n] + 0.5)
+    teacher_logits(ema)  # the swap puts the student's own adapter weights back
+    for n, p in lm.named_parameters():
+        if "lora_" in n:
+            assert torch.equal(p, before[n] + 1.0)
+
+
+# ---------------------------------------------------------------- training runs
+
+def fixed_pair_kl(model_dir, teacher_dir, tokenizer):
+    """Mean top-k divergence between a model and the teacher on fixed (question, response) pairs."""
+    from transformers import AutoModelForCausalLM
+
+    student = PolicyForward(AutoModelForCausalLM.from_pretrained(model_dir).eval())
+    teacher = PolicyForward(AutoModelForCausalLM.from_pretrained(teacher_dir).eval())
+    phrases = ControlPhrases()
+    pairs = [build_aligned_pair(chat_prompt_ids(tokenizer, f"Say something #{i}."), text_ids(tokenizer, y),
+                                text_ids(tokenizer, phrases.suffix_text(float(i % 2))), 512)
+             for i, y in enumerate(["hello there", "abc def gh", "the thesis", "x y z w"])]
+    t = pad_batch([p.teacher_ids for p in pairs], [p.teacher_positions for p in pairs], 0)
+    s = pad_batch([p.student_ids for p in pairs], [p.student_positions for p in pairs], 0)
+    with torch.no_grad():
+        th, head = teacher(*t, role="teacher")
+        return student(*s, role="student", teacher_hidden=th, teacher_head=head, topk=64).mean().item()
+
+
+def test_distill_end_to_end_moves_the_student_toward_the_teacher(tiny_model_dir, tokenizer, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(distill_args(tiny_model_dir, out, "--max_steps", "8", "--learning_rate", "3e-3")) == 0
+    hist = history(out)
+    assert [h["step"] for h in hist] == list(range(1, 9))
+    for key in ("loss", "reward", "response_length", "kl_correct", "kl_wrong", "tokens_per_s", "grad_norm"):
+        assert key in hist[0]
+    assert all(h["tokens"] > 0 and h["tokens_per_s"] > 0 for h in hist)
+    # The metric Phase 2 optimises moves: on fixed pairs, the trained student is closer to the (frozen) teacher.
+    before = fixed_pair_kl(tiny_model_dir, tiny_model_dir, tokenizer)
+    after = fixed_pair_kl(out / "model", tiny_model_dir, tokenizer)
+    assert after < 0.8 * before, (before, after)
+    meta = json.loads((out / "model" / "sdzero.json").read_text())
+    assert meta["steps"] == 8 and meta["control_phrases"] == ControlPhrases().to_dict()
+    # Self-localization heat-maps at the first and the last step.
+    pages = sorted(p.name for p in (out / "selfloc").iterdir())
+    assert pages == ["step-000001.html", "step-000001.jsonl", "step-000008.html", "step-000008.jsonl"]
+    rows = [json.loads(x) for x in (out / "selfloc" / "step-000001.jsonl").read_text().splitlines()]
+    assert rows and all(len(r["tokens"]) == len(r["kl"]) > 0 for r in rows)
+    assert "Correct responses" in (out / "selfloc" / "step-000001.html").read_text()
+    # A finished run is not redone.
+    capsys.readouterr()
+    assert main(distill_args(tiny_model_dir, out, "--max_steps", "8")) == 0
+    assert "already trained" in capsys.readouterr().out
+
+
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(distill_args(tiny_model_dir, straight, "--teacher", "ema", "--ema_rate", "0.3")) == 0
+    assert main(distill_args(tiny_model_dir, resumed, "--teacher", "ema", "--ema_rate", "0.3",
+                             "--stop_after_steps", "2")) == 0
+    assert not (resumed / "model").exists() and len(history(resumed)) == 2
+    assert main(distill_args(tiny_model_dir, resumed, "--teacher", "ema", "--ema_rate", "0.3")) == 0
+    a, b = history(straight), history(resumed)
+    for key in ("loss", "reward", "response_length", "kl_correct", "kl_wrong"):
+        assert column(a, key) == pytest.approx(column(b, key), rel=1e-6, abs=1e-9, nan_ok=True), key
+    wa, wb = load_file(straight / "model" / "model.safetensors"), load_file(resumed / "model" / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_lora_sampled_token_run_saves_a_merged_model(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    assert main(distill_args(tiny_model_dir, out, "--use_lora", "true", "--lora_r", "4", "--divergence", "sampled",
+                             "--teacher", "sync", "--teacher_sync_steps", "2", "--selfloc_samples", "0")) == 0
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    moved = [n for n, p in model.named_parameters() if not torch.allclose(p, dict(base.named_parameters())[n])]
+    assert moved  # the merged adapters changed the weights
+    assert not (out / "selfloc").exists()
+
+
+def test_bad_inputs_give_one_clear_error(tiny_model_dir, tmp_path, capsys):
+    assert main(distill_args(tiny_model_dir, tmp_path / "a", "--divergence", "sideways")) == 2
+    assert "divergence must be" in capsys.readouterr().err
+    assert main(distill_args(tiny_model_dir, tmp_path / "b", "--max_prompt_tokens", "5")) == 2
+    assert "over the limit of 5" in capsys.readouterr().err
+    assert main(distill_args(tiny_model_dir, tmp_path / "c", "--phase2_size", "0")) == 2
+    assert "Phase-2 questions" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import sdzero.distill as distill
+
+    out = tmp_path / "nan"
+    assert main(distill_args(tiny_model_dir, out, "--stop_after_steps", "2")) == 0
+    original = distill.PolicyForward.forward
+
+    def poisoned(self, *a, **k):
+        result = original(self, *a, **k)
+        return result * float("nan") if k.get("role") == "student" else result
+
+    monkeypatch.setattr(distill.PolicyForward, "forward", poisoned)
+    assert main(distill_args(tiny_model_dir, out)) == 2
+    assert "loss became nan" in capsys.readouterr().err
+    assert (out / "checkpoints" / "step-000002" / "trainer_state.json").is_file()
+
+
+# ---------------------------------------------------------------- several processes
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_give_the_same_run_as_one(tiny_model_dir, tmp_path):
+    """accelerate launch, 2 CPU processes over gloo, against 1 process at the same global batch. Greedy
+    rollouts generated one at a time, so both runs see identical responses; the losses, logged metrics and
+    final weights must then agree (the token mean is global, the DDP gradient is averaged)."""
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"p{n}"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
+               "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+               str(HERE / "distill_worker.py"),
+               *distill_args(tiny_model_dir, out, "--temperature", "0", "--batch_size", "1", "--max_steps", "3",
+                             "--selfloc_samples", "0")]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((out / "model" / "sdzero.json").read_text())["processes"] == n
+        runs[n] = out
+    a, b = history(runs[1]), history(runs[2])
+    for key in ("loss", "reward", "response_length", "tokens", "kl_correct", "kl_wrong"):
+        assert column(a, key) == pytest.approx(column(b, key), rel=1e-4, abs=1e-7, nan_ok=True), key
+    wa, wb = load_file(runs[1] / "model" / "model.safetensors"), load_file(runs[2] / "model" / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+# ---------------------------------------------------------------- self-localization
+
+def test_concentration_and_the_heat_map_page():
+    assert concentration([0.0] * 9 + [1.0]) == pytest.approx(1.0)
+    assert concentration([1.0] * 10) == pytest.approx(0.1)
+    rows = [{"question": "q1", "reward": 1.0, "tokens": ["a", "b"], "kl": [0.1, 0.1]},
+            {"question": "q<2>", "reward": 0.0, "tokens": ["x", "\n", "y"], "kl": [0.0, 2.0, 0.01]}]
+    s = summarize(rows)
+    assert s["correct_responses"] == 1 and s["wrong_mean_kl"] == pytest.approx(2.01 / 3)
+    page = render_html(rows, "t")
+    assert "q&lt;2&gt;" in page and page.count('<div class="resp">') == 2 and "KL 2.0000" in page
