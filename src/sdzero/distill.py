@@ -329,8 +329,10 @@ class DistillTrainer:
         self.generation_backend, self.generation_batch_size = generation_backend, generation_batch_size
         self.seed = seed  # one seed (the generation config's): question order, sampling, adapter initialisation
         trackers = [] if cfg.report_to in ("none", "", None) else cfg.report_to.split(",")
+        # cpu=True without a GPU: several processes launched on a CPU machine then join over gloo.
         self.acc = Accelerator(mixed_precision="bf16" if _use_bf16(cfg.precision) else "no",
-                               log_with=trackers or None, project_dir=cfg.output_dir)
+                               log_with=trackers or None, project_dir=cfg.output_dir,
+                               cpu=not torch.cuda.is_available())
         cfg.validate(self.acc.num_processes)
         self.main = self.acc.is_main_process
         self.tokenizer = load_tokenizer(model_name)
@@ -584,7 +586,6 @@ class DistillTrainer:
             if self.step % cfg.save_steps == 0 or self.step == stop_at:
                 self.save_checkpoint()
         bar.close()
-        self.acc.end_training()
         return {"steps_done": self.step, "finished": self.step >= cfg.max_steps, "history": self.history}
 
     def save_model(self) -> dict[str, Any]:
@@ -657,10 +658,13 @@ def run_distill(model_name: str, task: Any, questions: Sequence[Any], cfg: Disti
         return done
     trainer = DistillTrainer(model_name, task, questions, cfg, sampling, phrases, system_prompt, generation_backend,
                              generation_batch_size, seed)
-    result = trainer.train()
-    if not result["finished"]:
-        return {"steps": result["steps_done"], "stopped_early": True, "history": result["history"]}
-    summary = trainer.save_model()
+    try:
+        result = trainer.train()
+        if not result["finished"]:
+            return {"steps": result["steps_done"], "stopped_early": True, "history": result["history"]}
+        summary = trainer.save_model()
+    finally:
+        trainer.acc.end_training()  # closes the trackers and, with several processes, the process group
     summary["history"] = result["history"]
     return summary
 
