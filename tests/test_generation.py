@@ -79,3 +79,43 @@ def test_bad_generation_input(tiny_model, tokenizer):
         SamplingParams(max_new_tokens=0)
     with pytest.raises(SDZeroError, match="unknown generation backend"):
         make_generator("nope", tiny_model, tokenizer)
+
+
+class StandInEngine:
+    """What VLLMGenerator needs of TRL's VLLMGeneration: settable sampling fields, sync_weights, generate."""
+
+    def __init__(self, rows):
+        self.rows, self.synced, self.calls = rows, 0, []
+
+    def sync_weights(self):
+        self.synced += 1
+
+    def generate(self, prompts, images, n):
+        self.calls.append((prompts, n, self.temperature, self.top_k, self.max_completion_length))
+        return prompts, self.rows, None, None
+
+
+def test_vllm_wrapper_syncs_weights_and_splits_completions(tokenizer, tiny_model):
+    from sdzero.generation import VLLMGenerator
+
+    eos = tokenizer.eos_token_id
+    a, b = tokenizer("ab")["input_ids"], tokenizer("cd")["input_ids"]
+    engine = StandInEngine([a + [eos, 5], b, b + [eos], a])
+    gen = VLLMGenerator(tiny_model, tokenizer, engine=engine)
+    out = gen.generate([[1, 2], [3]], SamplingParams(max_new_tokens=7, temperature=0.0, n=2))
+    assert engine.synced == 1 and engine.calls[0][1:] == (2, 1.0, 1, 7)  # greedy = top-1 sampling
+    assert [[c.finish_reason for c in cs] for cs in out] == [["stop", "length"], ["stop", "length"]]
+    assert out[0][0].ids == a and out[0][0].text == "ab" and out[1][1].ids == a
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error(tokenizer, tiny_model):
+    import importlib.util
+
+    from sdzero.generation import make_generator
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(SDZeroError, match="needs vLLM"):
+        make_generator("vllm", tiny_model, tokenizer)
+    with pytest.raises(SDZeroError, match="available: hf, vllm"):
+        make_generator("tgi", tiny_model, tokenizer)

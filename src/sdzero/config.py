@@ -138,5 +138,7 @@ class GenerationConfig:
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0 = greedy)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
     batch_size: int = field(default=32, metadata={"help": "Sequences generated together."})
-    backend: str = field(default="hf", metadata={"help": "Generation backend: hf (transformers generate)."})
+    backend: str = field(default="hf", metadata={"help": "Generation backend: hf (transformers generate) or vllm "
+                                                        "(GPUs, needs vLLM installed; colocated, weights synced each "
+                                                        "Phase-2 step)."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})

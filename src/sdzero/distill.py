@@ -381,6 +381,7 @@ class DistillTrainer:
                 self.teacher.module = _prepare_sharded_teacher(self.teacher.module, self.acc)
                 self.teacher.module.clone_head = True
         self.out = Path(cfg.output_dir)
+        self._vllm: Any = None
         self.history: list[dict[str, Any]] = []
         self.step = 0
 
@@ -433,10 +434,17 @@ class DistillTrainer:
         mine = idx[self.acc.process_index :: self.acc.num_processes]
         prompts = [self.prompt_ids[i] for i in mine]
         seed = (self.seed * 100_003 + step) * 1_009 + self.acc.process_index
-        with unwrap_model_for_generation(self.policy, self.acc) as unwrapped, self.acc.autocast():
-            generator = make_generator(self.generation_backend, unwrapped.lm, self.tokenizer,
-                                       batch_size=self.generation_batch_size, show_progress=False)
-            completions = generator.generate(prompts, self.sampling, seed=seed, desc=f"step {step + 1} rollouts")
+        if self.generation_backend == "vllm":  # one engine for the run; it pulls the current weights each call
+            if self._vllm is None:
+                self._vllm = make_generator("vllm", self.acc.unwrap_model(self.policy).lm, self.tokenizer,
+                                            accelerator=self.acc)
+            completions = self._vllm.generate(prompts, self.sampling, seed=seed)
+        else:
+            with unwrap_model_for_generation(self.policy, self.acc) as unwrapped, self.acc.autocast():
+                generator = make_generator(self.generation_backend, unwrapped.lm, self.tokenizer,
+                                           batch_size=self.generation_batch_size, show_progress=False)
+                completions = generator.generate(prompts, self.sampling, seed=seed,
+                                                 desc=f"step {step + 1} rollouts")
         flat_idx = [i for i, cs in zip(mine, completions) for _ in cs]
         flat = [c for cs in completions for c in cs]
         rewards = self.task.rewards([(self.questions[i], c.text) for i, c in zip(flat_idx, flat)])

@@ -3,8 +3,7 @@
 Every caller (eval, Phase-1 collection, Phase-2 rollouts, baselines) speaks to a `Generator`: prompts go
 in as token ids and completions come out as token ids + text + finish reason. Prompts are ids, not
 messages, because the reviser continues an assistant turn that is already open (see `sdzero.chat`).
-A vLLM backend fills the same interface later (`generate(prompt_ids, params, seed)`), so callers never
-change.
+`VLLMGenerator` (GPUs, optional) fills the same interface, so callers never change.
 
 Simplifications of `HFGenerator`, stated up front:
 - Prompts are sorted by length and batched with left padding; the longest completion in a batch sets
@@ -87,12 +86,7 @@ class HFGenerator(Generator):
         self.pad_id = int(pad) if pad is not None else self.stop_ids[0]
 
     def _finish(self, row: list[int]) -> Completion:
-        stops = set(self.stop_ids)
-        for i, t in enumerate(row):
-            if t in stops:
-                ids = row[:i]
-                return Completion(ids, self.tokenizer.decode(ids, skip_special_tokens=True), "stop")
-        return Completion(row, self.tokenizer.decode(row, skip_special_tokens=True), "length")
+        return _trim_at_stop(row, self.stop_ids, self.tokenizer)
 
     def generate(self, prompts, params, seed=0, desc="generating"):
         import torch
@@ -145,7 +139,65 @@ class HFGenerator(Generator):
         return out  # type: ignore[return-value]
 
 
+class VLLMGenerator(Generator):
+    """vLLM on GPUs, through TRL's `VLLMGeneration` (colocate mode: vLLM shares the training process and
+    GPU; TRL handles pushing the training weights in, under DDP, FSDP, DeepSpeed and PEFT).
+
+    Each `generate` call first syncs the current weights of `model`, so Phase-2 rollouts are on-policy.
+    Sampling is not seeded bit-for-bit the way `HFGenerator` is. Not exercised in this project's CI (no GPU):
+    only the wrapping below is tested, with a stand-in engine.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, accelerator: Any = None, gpu_memory_utilization: float = 0.3,
+                 max_model_length: int | None = None, engine: Any = None, **_: Any):
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_token_ids(tokenizer, model)
+        if engine is None:
+            try:
+                import vllm  # noqa: F401
+            except ImportError as e:
+                raise SDZeroError("generation backend 'vllm' needs vLLM, which is not installed (GPU machines: "
+                                  "pip install 'sdzero[vllm]'); use --backend hf") from e
+            from accelerate import Accelerator
+            from trl.generation.vllm_generation import VLLMGeneration
+
+            engine = VLLMGeneration(model, accelerator or Accelerator(), tokenizer, mode="colocate",
+                                    gpu_memory_utilization=gpu_memory_utilization, max_model_length=max_model_length)
+        self.engine = engine
+
+    def generate(self, prompts, params, seed=0, desc="generating"):
+        if not prompts:
+            return []
+        e = self.engine
+        e.temperature, e.top_p, e.top_k = max(params.temperature, 0.0), params.top_p, 0
+        e.max_completion_length = params.max_new_tokens
+        if params.temperature == 0:
+            e.temperature, e.top_k = 1.0, 1  # vLLM's greedy: sample from the single best token
+        e.sync_weights()
+        _, completion_ids, *_ = e.generate(list(prompts), None, params.n)
+        out: list[list[Completion]] = []
+        for i in range(len(prompts)):  # TRL returns the n completions of a prompt next to each other
+            out.append([_trim_at_stop(completion_ids[i * params.n + j], self.stop_ids, self.tokenizer)
+                        for j in range(params.n)])
+        return out
+
+
+def _trim_at_stop(row: Sequence[int], stop_ids: Sequence[int], tokenizer: Any) -> Completion:
+    stops = set(stop_ids)
+    for i, t in enumerate(row):
+        if t in stops:
+            ids = list(row[:i])
+            return Completion(ids, tokenizer.decode(ids, skip_special_tokens=True), "stop")
+    return Completion(list(row), tokenizer.decode(list(row), skip_special_tokens=True), "length")
+
+
+BACKENDS = ("hf", "vllm")
+
+
 def make_generator(backend: str, model: Any, tokenizer: Any, batch_size: int = 32, **kw: Any) -> Generator:
     if backend == "hf":
+        kw = {k: v for k, v in kw.items() if k == "show_progress"}
         return HFGenerator(model, tokenizer, batch_size=batch_size, **kw)
-    raise SDZeroError(f"unknown generation backend {backend!r}; available: hf")
+    if backend == "vllm":
+        return VLLMGenerator(model, tokenizer, **kw)
+    raise SDZeroError(f"unknown generation backend {backend!r}; available: {', '.join(BACKENDS)}")
