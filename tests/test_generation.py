@@ -119,3 +119,40 @@ def test_vllm_backend_without_vllm_is_a_clear_error(tokenizer, tiny_model):
         make_generator("vllm", tiny_model, tokenizer)
     with pytest.raises(SDZeroError, match="available: hf, vllm"):
         make_generator("tgi", tiny_model, tokenizer)
+
+
+def test_compact_decoding_matches_transformers_generate_greedily(tokenizer):
+    """Dropping finished rows from the batch and its cache changes nothing in what each row generates."""
+    from conftest import make_model
+
+    tiny_model = make_model(tokenizer, seed=7)
+    with torch.no_grad():  # larger random weights: greedy text that varies (a near-zero init copies its input)
+        for w in tiny_model.parameters():
+            if w.dim() == 2:
+                w.normal_(0.0, 0.3)
+    prompts = [chat_prompt_ids(tokenizer, q) for q in ("Hi", "What is 2+3? Think.", "abc", "A longer question here?")]
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    # A stop token the random model emits early in some rows, so rows do finish at different steps.
+    probe = HFGenerator(tiny_model, tokenizer, batch_size=4, show_progress=False, decode="generate")
+    rows = [c.ids for cs in probe.generate(prompts, params) for c in cs]
+    stop = next(t for row in rows for t in row[1:] if not all(t in other for other in rows))
+    results = {}
+    for decode in ("compact", "generate"):
+        gen = HFGenerator(tiny_model, tokenizer, batch_size=4, show_progress=False, decode=decode)
+        gen.stop_ids = sorted(set(gen.stop_ids) | {stop})
+        results[decode] = [(c.ids, c.finish_reason) for cs in gen.generate(prompts, params) for c in cs]
+    assert results["compact"] == results["generate"]
+    assert {r for _, r in results["compact"]} == {"stop", "length"}  # both kinds of ending were exercised
+
+
+def test_sampling_respects_temperature_and_top_p():
+    from sdzero.generation import _sample
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    torch.manual_seed(0)
+    draws = torch.stack([_sample(logits, 1.0, 0.7) for _ in range(2000)]).flatten()
+    assert set(draws.tolist()) == {0, 1}  # the smallest set with mass >= 0.7
+    assert abs((draws == 0).float().mean().item() - 0.5 / 0.8) < 0.05
+    assert _sample(logits, 0.0, 1.0).item() == 0
+    draws = torch.stack([_sample(logits, 1.0, 1.0) for _ in range(4000)]).flatten()
+    assert abs((draws == 3).float().mean().item() - 0.05) < 0.015

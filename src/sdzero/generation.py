@@ -6,8 +6,9 @@ messages, because the reviser continues an assistant turn that is already open (
 `VLLMGenerator` (GPUs, optional) fills the same interface, so callers never change.
 
 Simplifications of `HFGenerator`, stated up front:
-- Prompts are sorted by length and batched with left padding; the longest completion in a batch sets
-  its time, so batches are kept moderate.
+- Prompts are sorted by length and batched with left padding. The default decoder ("compact") samples
+  token by token and drops rows from the batch and its KV cache as they finish, so a long response does
+  not make the whole batch pay for its length; `decode="generate"` uses transformers' `generate` instead.
 - Seeding is per batch (seed + batch index): the same seed, prompts and batch size give the same
   samples; a different batch size gives different (equally valid) samples.
 - Sampling is plain temperature sampling over the full vocabulary (top-k off, top-p 1.0 unless asked),
@@ -76,7 +77,11 @@ def stop_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
 class HFGenerator(Generator):
     """transformers `generate` on the model's own device."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, show_progress: bool = True):
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, show_progress: bool = True,
+                 decode: str = "compact"):
+        if decode not in ("compact", "generate"):
+            raise SDZeroError(f"decode must be compact or generate, not {decode!r}")
+        self.decode = decode
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -84,6 +89,41 @@ class HFGenerator(Generator):
         self.stop_ids = stop_token_ids(tokenizer, model)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.stop_ids[0]
+
+    def _decode_compact(self, input_ids: Any, mask: Any, params: SamplingParams) -> list[list[int]]:
+        """Token-by-token sampling with a KV cache that drops rows as they finish.
+
+        transformers' `generate` keeps computing a finished row until the whole batch is done, so one long
+        response makes every row pay for its length; here a batch costs what its live rows cost. Same
+        distribution as `generate` with do_sample, top_k=0 (temperature, then top-p); greedy when T = 0.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        stops = torch.tensor(self.stop_ids, device=input_ids.device)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # original row of each live row
+        out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+        cache = DynamicCache()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
+        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                            use_cache=True, logits_to_keep=1).logits[:, -1]
+        next_pos = positions[:, -1] + 1
+        for step in range(params.max_new_tokens):
+            token = _sample(logits.float(), params.temperature, params.top_p)
+            for r, t in zip(rows.tolist(), token.tolist()):
+                out[r].append(t)
+            live = ~torch.isin(token, stops)
+            if step == params.max_new_tokens - 1 or not live.any():
+                break
+            if not live.all():
+                keep = live.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                rows, token, mask, next_pos = rows[keep], token[keep], mask[keep], next_pos[keep]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            logits = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                                past_key_values=cache, use_cache=True).logits[:, -1]
+            next_pos = next_pos + 1
+        return out
 
     def _finish(self, row: list[int]) -> Completion:
         return _trim_at_stop(row, self.stop_ids, self.tokenizer)
@@ -126,10 +166,13 @@ class HFGenerator(Generator):
                     mask[r, width - len(p) :] = 1
                 torch.manual_seed(seed * 1_000_003 + b)
                 with torch.no_grad():
-                    seqs = self.model.generate(
-                        input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config
-                    )
-                new = seqs[:, width:].tolist()
+                    if self.decode == "compact":
+                        new = self._decode_compact(input_ids.to(device), mask.to(device), params)
+                    else:
+                        seqs = self.model.generate(
+                            input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config
+                        )
+                        new = seqs[:, width:].tolist()
                 for r, (i, j) in enumerate(batch):
                     out[i][j] = self._finish(new[r])
                 bar.update(len(batch))
@@ -137,6 +180,21 @@ class HFGenerator(Generator):
             bar.close()
             self.model.train(was_training)
         return out  # type: ignore[return-value]
+
+
+def _sample(logits: Any, temperature: float, top_p: float) -> Any:
+    """One token per row: argmax when temperature is 0, else temperature then nucleus (top-p) sampling."""
+    import torch
+
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1).squeeze(-1)
 
 
 class VLLMGenerator(Generator):
@@ -196,7 +254,7 @@ BACKENDS = ("hf", "vllm")
 
 def make_generator(backend: str, model: Any, tokenizer: Any, batch_size: int = 32, **kw: Any) -> Generator:
     if backend == "hf":
-        kw = {k: v for k, v in kw.items() if k == "show_progress"}
+        kw = {k: v for k, v in kw.items() if k in ("show_progress", "decode")}
         return HFGenerator(model, tokenizer, batch_size=batch_size, **kw)
     if backend == "vllm":
         return VLLMGenerator(model, tokenizer, **kw)
