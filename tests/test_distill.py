@@ -257,6 +257,17 @@ def test_lora_sampled_token_run_saves_a_merged_model(tiny_model_dir, tmp_path):
     assert not (out / "selfloc").exists()
 
 
+def test_skip_truncated_gives_cut_responses_no_loss(tiny_model_dir, tmp_path):
+    out = tmp_path / "skip"
+    assert main(distill_args(tiny_model_dir, out, "--skip_truncated", "true", "--max_steps", "2",
+                             "--selfloc_samples", "0")) == 0
+    hist = history(out)
+    assert [h["clipped_share"] for h in hist] == [1.0, 1.0]  # a random model never ends within 10 tokens
+    assert all(h["loss"] is None and h["tokens"] == 0 and h["grad_norm"] is None for h in hist)
+    wa, wb = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # nothing counted, nothing moved
+
+
 def test_bad_inputs_give_one_clear_error(tiny_model_dir, tmp_path, capsys):
     assert main(distill_args(tiny_model_dir, tmp_path / "a", "--divergence", "sideways")) == 2
     assert "divergence must be" in capsys.readouterr().err

@@ -68,6 +68,10 @@ class DistillConfig:
     topk: int = field(default=64, metadata={"help": "Support size for divergence=topk (official code: 64)."})
     loss_chunk_size: int = field(default=1024, metadata={"help": "Response tokens per chunk of the loss: peak "
                                                                  "memory is one chunk's [chunk, vocab]."})
+    skip_truncated: bool = field(default=False, metadata={
+        "help": "Give responses cut at max_new_tokens no loss (DAPO's overlong filtering). Off in the paper; a "
+                "cut response has no end, and its repeated tail, which the teacher can copy from its first copy "
+                "of y, otherwise dominates a token-mean loss."})
     teacher: str = field(default="frozen", metadata={"help": "frozen (starting model; paper default), sync (hard "
                                                              "copy every teacher_sync_steps) or ema."})
     teacher_sync_steps: int = field(default=50, metadata={"help": "sync: steps between copies."})
@@ -463,10 +467,11 @@ class DistillTrainer:
                                     cfg.max_teacher_tokens, end_ids=[self.eot] if c.finish_reason == "stop" else [])
                  for i, c, r in zip(idx, completions, rewards)]
         device = self.acc.device
-        local_tokens = torch.tensor(float(sum(p.num_tokens for p in pairs)), device=device)
+        counted = [not (cfg.skip_truncated and c.finish_reason == "length") for c in completions]
+        local_tokens = torch.tensor(float(sum(p.num_tokens for p, k in zip(pairs, counted) if k)), device=device)
         global_tokens = self.acc.reduce(local_tokens.clone(), "sum").item()
         # The DDP gradient is the mean over processes: scale so the sum over all tokens / global count comes out.
-        scale = self.acc.num_processes / global_tokens
+        scale = self.acc.num_processes / max(global_tokens, 1.0)
         sums = torch.zeros(6, device=device, dtype=torch.float64)  # loss, kl on right, right tokens, wrong, n, r
         selfloc = self._selfloc_wanted(step)
         selfloc_rows = _pick_selfloc(rewards, cfg.selfloc_samples) if selfloc and self.main else []
@@ -481,6 +486,8 @@ class DistillTrainer:
             s_ids, s_mask, s_rows, s_cols = pad_batch([p.student_ids for p in chunk],
                                                       [p.student_positions for p in chunk], self.pad_id)
             targets = torch.tensor([t for p in chunk for t in p.target_ids], device=device)
+            weight = torch.tensor([float(counted[lo + j]) for j, p in enumerate(chunk) for _ in p.target_ids],
+                                  device=device)
             with torch.no_grad(), self.teacher.weights(self.policy, unwrapped) as teacher, self.acc.autocast():
                 t_hidden, t_head = teacher(t_ids.to(device), t_mask.to(device), t_rows.to(device), t_cols.to(device),
                                            role="teacher")
@@ -490,7 +497,7 @@ class DistillTrainer:
                                         role="student", teacher_hidden=t_hidden, teacher_head=t_head,
                                         targets=targets, divergence=cfg.divergence, kind=cfg.divergence_kind,
                                         beta=cfg.beta, topk=cfg.topk, chunk_size=cfg.loss_chunk_size)
-                loss = per_token.float().sum() * scale
+                loss = (per_token.float() * weight).sum() * scale
             if not torch.isfinite(loss):
                 raise SDZeroError(f"the distillation loss became {loss.item()} at step {step + 1}; lower the "
                                   "learning rate or use precision=fp32 (the last checkpoint is kept)")
@@ -502,15 +509,19 @@ class DistillTrainer:
             for j, p in enumerate(chunk):
                 v = values[offsets[j] : offsets[j + 1]]
                 right = rewards[lo + j] >= 1.0
+                if lo + j in selfloc_rows:
+                    records.append((lo + j, p, t_hidden[offsets[j] : offsets[j + 1]], t_head))
+                if not counted[lo + j]:
+                    continue
                 sums[0] += v.sum()
                 sums[1 if right else 3] += v.sum()
                 sums[2 if right else 4] += v.numel()
-                if lo + j in selfloc_rows:
-                    records.append((lo + j, p, t_hidden[offsets[j] : offsets[j + 1]], t_head))
         if records:
             self._write_selfloc(step, records, idx, completions, rewards)
-        grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
+        grad_norm = None
+        if global_tokens > 0:  # every response cut and skipped: no update (Adam would still move on momentum)
+            grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.teacher.update(self.acc.unwrap_model(self.policy).lm, step + 1)
@@ -523,7 +534,7 @@ class DistillTrainer:
         n = stats[0].item()
         return {
             "step": step + 1,
-            "loss": sums[0].item() / global_tokens,
+            "loss": sums[0].item() / global_tokens if global_tokens else None,
             "reward": stats[1].item() / n,
             "response_length": stats[2].item() / n,
             "clipped_share": stats[3].item() / n,
@@ -588,7 +599,8 @@ class DistillTrainer:
             self.acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.step)
             if self.main:
                 atomic_write_text(self.out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", reward=f"{metrics['reward']:.2f}",
+                bar.set_postfix(loss=f"{metrics['loss'] if metrics['loss'] is not None else math.nan:.4f}",
+                                reward=f"{metrics['reward']:.2f}",
                                 len=f"{metrics['response_length']:.0f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
                 bar.update(1)
             if self.step % cfg.save_steps == 0 or self.step == stop_at:
