@@ -15,10 +15,12 @@ from typing import Callable
 from sdzero.errors import SDZeroError
 
 
-def _parse(types: tuple, argv: list[str], prog: str):
+def _parse(types: tuple, argv: list[str], prog: str, defaults: dict | None = None):
     from trl import TrlParser
 
     parser = TrlParser(types, prog=prog)
+    if defaults:
+        parser.set_defaults(**defaults)  # a command's own defaults; a YAML recipe and flags still win
     try:
         return parser.parse_args_and_config(args=argv)
     except (ValueError, FileNotFoundError) as e:  # broken YAML/unknown keys from the config file
@@ -139,7 +141,21 @@ def cmd_distill(argv: list[str]) -> int:
     return 0
 
 
+def cmd_run(argv: list[str]) -> int:
+    from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig
+    from sdzero.pipeline import RUN_DEFAULTS, RunConfig, run_pipeline
+
+    mc, tc, gc, rc, cfg = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, RunConfig), argv,
+                                 "sdzero run", defaults=RUN_DEFAULTS)
+    print(f"[sdzero] run {mc.model} on {tc.task}: held-out {tc.eval_size}, Phase 1 {tc.phase1_size}, "
+          f"Phase 2 {tc.phase2_size} questions -> {cfg.output_dir}", file=sys.stderr, flush=True)
+    run_pipeline(mc, tc, gc, rc, cfg)
+    print(f"report: {cfg.output_dir}/report/results.md")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "run": (cmd_run, "the whole pipeline: eval base, Phase 1, eval, Phase 2, eval, report (the main job)"),
     "eval": (cmd_eval, "evaluate a model: avg@k, pass@k, greedy accuracy, correction rate, response length"),
     "collect": (cmd_collect, "Phase 1a: drafts, verified revisions, kept self-revision tuples"),
     "srt": (cmd_srt, "Phase 1b: Self-Revision Training on the kept tuples (L_revision + L_generation)"),

@@ -1,0 +1,251 @@
+"""`sdzero run`: the whole SD-Zero pipeline in one command, with a report.
+
+Stages, in order; each writes under OUTPUT_DIR, and a stage whose output is already there is not redone
+when the same run is started again (OUTPUT_DIR/stages.json records what finished, with its wall time):
+
+  eval-base    held-out evaluation of the starting model        -> eval-base.json
+  collect      Phase 1a on the Phase-1 questions                 -> phase1/
+  srt          Phase 1b, Self-Revision Training                  -> srt/model
+  eval-srt     held-out evaluation after SRT                     -> eval-srt.json
+  distill      Phase 2 on the Phase-2 questions                  -> distill/model
+  eval-sdzero  held-out evaluation after Phase 2                 -> eval-sdzero.json
+  report       results.md + results.json, plots, heat-map        -> report/
+
+The three question sets (held-out, Phase 1, Phase 2) come from one deterministic split of the task
+(`TaskConfig`), so no stage sees another's questions. Every generation is counted: the report gives, per
+stage, the responses sampled and their tokens, and the wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sdzero.errors import SDZeroError
+from sdzero.files import atomic_write_json, atomic_write_text
+
+# `sdzero run`'s own defaults for fields shared with the other commands: sized so that the whole pipeline
+# fits a laptop-class CPU (README, "The main job"). A recipe or flags override them.
+RUN_DEFAULTS = {"eval_size": 100, "phase1_size": 192, "phase2_size": 320, "max_new_tokens": 128}
+
+STAGES = ("eval-base", "collect", "srt", "eval-srt", "distill", "eval-sdzero", "report")
+MODELS = {"base": "eval-base", "SRT": "eval-srt", "SD-Zero": "eval-sdzero"}
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = field(default="outputs/run", metadata={"help": "Where every stage and the report go."})
+    stop_after: str = field(default="report", metadata={"help": f"Last stage to run: one of {', '.join(STAGES)}."})
+    eval_num_samples: int = field(default=2, metadata={"help": "k for the held-out evaluations (avg@k, pass@k)."})
+    eval_revise: bool = field(default=True, metadata={"help": "Measure the generate-then-revise correction rate."})
+    collect_revisions_per_draft: int = field(default=3, metadata={"help": "Phase 1: revisions per draft."})
+    collect_drop_truncated: bool = field(default=True, metadata={"help": "Phase 1: drop revisions cut at the cap."})
+    srt_learning_rate: float = field(default=1e-5, metadata={"help": "Phase 1 SRT learning rate."})
+    srt_num_train_epochs: float = field(default=2.0, metadata={"help": "Phase 1 SRT epochs."})
+    srt_batch_size: int = field(default=8, metadata={"help": "Phase 1 SRT records per step."})
+    distill_max_steps: int = field(default=20, metadata={"help": "Phase 2 optimizer steps."})
+    distill_questions_per_step: int = field(default=16, metadata={"help": "Phase 2 questions per step."})
+    distill_learning_rate: float = field(default=5e-6, metadata={"help": "Phase 2 learning rate (paper: 5e-6)."})
+    distill_warmup_steps: int = field(default=3, metadata={"help": "Phase 2 warmup steps."})
+    distill_divergence: str = field(default="topk", metadata={"help": "Phase 2 divergence: topk, full, sampled."})
+    distill_divergence_kind: str = field(default="mixed", metadata={"help": "forward, reverse, mixed, jsd."})
+    distill_teacher: str = field(default="frozen", metadata={"help": "Phase 2 teacher: frozen, sync, ema."})
+    distill_skip_truncated: bool = field(default=True, metadata={
+        "help": "Phase 2: no loss on responses cut at the token cap (see `sdzero distill --help`)."})
+
+
+def _state(out: Path) -> dict[str, Any]:
+    f = out / "stages.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str, Any]:
+    from sdzero.collect import CollectConfig, collect
+    from sdzero.config import read_meta
+    from sdzero.distill import DistillConfig, run_distill
+    from sdzero.evaluate import EvalConfig, config_dict, evaluate, write_report
+    from sdzero.generation import SamplingParams, make_generator
+    from sdzero.models import load_model_and_tokenizer
+    from sdzero.srt import SRTConfig, run_srt
+    from sdzero.tasks import load_task
+
+    if cfg.stop_after not in STAGES:
+        raise SDZeroError(f"stop_after must be one of {', '.join(STAGES)}, not {cfg.stop_after!r}")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _state(out)
+    task = load_task(tc)
+    sampling = SamplingParams(gc.max_new_tokens, gc.temperature, gc.top_p)
+    srt_model, sdzero_model = out / "srt" / "model", out / "distill" / "model"
+
+    def run_stage(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        if name in state:
+            print(f"[run] {name}: done before ({state[name]['seconds']:.0f} s), skipped", flush=True)
+            return
+        print(f"[run] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        result = fn()
+        state[name] = {"seconds": round(time.perf_counter() - t0, 1), **result}
+        atomic_write_json(out / "stages.json", state)
+
+    def evaluation(model: str, target: str) -> Callable[[], dict[str, Any]]:
+        def fn() -> dict[str, Any]:
+            questions = splits["eval"]
+            m, tok = load_model_and_tokenizer(model, mc.dtype, mc.device)
+            generator = make_generator(gc.backend, m, tok, batch_size=gc.batch_size)
+            ec = EvalConfig(num_samples=cfg.eval_num_samples, revise=cfg.eval_revise, output=str(out / target))
+            phrases = rc.phrases(read_meta(model))
+            report = evaluate(generator, task, questions, sampling, ec, phrases, tc.system_prompt, gc.seed)
+            report["control_phrases"] = phrases.to_dict()
+            write_report(out / target, report, {"model": model, **config_dict(tc, gc, ec)})
+            return {"generations": report["metrics"]["generations"],
+                    "sampled_tokens": report["metrics"]["sampled_tokens"]}
+        return fn
+
+    def phase1_collect() -> dict[str, Any]:
+        m, tok = load_model_and_tokenizer(mc.model, mc.dtype, mc.device)
+        generator = make_generator(gc.backend, m, tok, batch_size=gc.batch_size)
+        cc = CollectConfig(output_dir=str(out / "phase1"), revisions_per_draft=cfg.collect_revisions_per_draft,
+                           drop_truncated=cfg.collect_drop_truncated)
+        summary = collect(generator, task, splits["phase1"], sampling, cc, rc.phrases(), tc.system_prompt, gc.seed,
+                          meta={"model": mc.model, "task": tc.task, "task_config": asdict(tc)})
+        s = summary["stats"]
+        return {"generations": s["generations"], "sampled_tokens": s["sampled_tokens"], "kept": s.get("kept")}
+
+    def phase1_srt() -> dict[str, Any]:
+        sc = SRTConfig(data_dir=str(out / "phase1"), output_dir=str(out / "srt"),
+                       learning_rate=cfg.srt_learning_rate, num_train_epochs=cfg.srt_num_train_epochs,
+                       per_device_train_batch_size=cfg.srt_batch_size, seed=gc.seed)
+        summary = run_srt(mc.model, sc)
+        return {"generations": 0, "sampled_tokens": 0, "records": summary["revision_records"] +
+                summary["generation_records"]}
+
+    def phase2() -> dict[str, Any]:
+        dc = DistillConfig(output_dir=str(out / "distill"), max_steps=cfg.distill_max_steps,
+                           questions_per_step=cfg.distill_questions_per_step, learning_rate=cfg.distill_learning_rate,
+                           warmup_steps=cfg.distill_warmup_steps, divergence=cfg.distill_divergence,
+                           divergence_kind=cfg.distill_divergence_kind, teacher=cfg.distill_teacher,
+                           skip_truncated=cfg.distill_skip_truncated)
+        phrases = rc.phrases(read_meta(srt_model))
+        summary = run_distill(str(srt_model), task, splits["phase2"], dc, sampling, phrases, tc.system_prompt,
+                              gc.backend, gc.batch_size, gc.seed)
+        hist = summary.get("history") or []
+        n = cfg.distill_questions_per_step
+        return {"generations": n * len(hist), "sampled_tokens": round(sum(h["response_length"] * n for h in hist))}
+
+    stages: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("eval-base", evaluation(mc.model, "eval-base.json")),
+        ("collect", phase1_collect),
+        ("srt", phase1_srt),
+        ("eval-srt", evaluation(str(srt_model), "eval-srt.json")),
+        ("distill", phase2),
+        ("eval-sdzero", evaluation(str(sdzero_model), "eval-sdzero.json")),
+        ("report", lambda: write_run_report(out, state, task.name, mc.model)),
+    ]
+    try:
+        splits = task.split(tc.split_sizes("phase2"))
+        for name, fn in stages:
+            run_stage(name, fn)
+            if name == cfg.stop_after:
+                break
+    finally:
+        task.close()
+    return state
+
+
+# --- the report ---------------------------------------------------------------------------------------------
+
+ROWS = [("avg@{k}", "avg@{k}"), ("greedy accuracy", "greedy_accuracy"), ("pass@{k}", "pass@{k}"),
+        ("correction rate (wrong -> right)", "correction_rate"), ("right -> right", "right_to_right"),
+        ("mean response tokens", "mean_response_tokens"), ("share cut at the token cap", "truncated_fraction")]
+
+
+def results_table(out: Path) -> dict[str, dict[str, Any]]:
+    """{model: metrics} from the evaluation files that exist."""
+    table = {}
+    for label, stage in MODELS.items():
+        f = out / f"{stage}.json"
+        if f.is_file():
+            table[label] = json.loads(f.read_text())["metrics"]
+    return table
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) <= 1 else f"{v:.1f}"  # rates to 3 decimals, token counts to 1
+    return str(v)
+
+
+def write_run_report(out: Path, state: dict[str, Any], task_name: str, model_name: str) -> dict[str, Any]:
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    table = results_table(out)
+    k = next((m["samples_per_question"] for m in table.values()), 1)
+    lines = [f"# sdzero run: {model_name} on {task_name}", "",
+             f"Held-out questions: {next((m['questions'] for m in table.values()), 0)}; k = {k}.", "",
+             "| metric | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]
+    for name, key in ROWS:
+        lines.append(f"| {name.format(k=k)} | " + " | ".join(_fmt(m.get(key.format(k=k))) for m in table.values())
+                     + " |")
+    lines += ["", "| stage | responses sampled | tokens sampled | wall time |", "|---|---|---|---|"]
+    for name in STAGES[:-1]:
+        s = state.get(name)
+        if s:
+            lines.append(f"| {name} | {s.get('generations', 0)} | {s.get('sampled_tokens', 0)} | "
+                         f"{s['seconds'] / 60:.1f} min |")
+    total = sum(s["seconds"] for n, s in state.items() if n != "report")
+    lines += ["", f"Total wall time (stages above): {total / 60:.1f} min.", ""]
+    plots = _plots(out / "distill" / "log.jsonl", report)
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    heatmaps = sorted((out / "distill" / "selfloc").glob("step-*.html")) if (out / "distill").is_dir() else []
+    if heatmaps:
+        for h in (heatmaps[0], heatmaps[-1]):
+            shutil.copy(h, report / f"selfloc-{h.name}")
+        lines += ["", f"Self-localization heat-maps: selfloc-{heatmaps[0].name} (first Phase-2 step), "
+                  f"selfloc-{heatmaps[-1].name} (last)."]
+    atomic_write_text(report / "results.md", "\n".join(lines) + "\n")
+    atomic_write_json(report / "results.json", {"models": table, "stages": state})
+    print("\n".join(lines[:len(ROWS) + 6]))
+    return {"generations": 0, "sampled_tokens": 0}
+
+
+def _plots(log: Path, folder: Path) -> list[Path]:
+    """Phase-2 curves vs step: reward and response length; KL on correct vs wrong responses."""
+    if not log.is_file():
+        return []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[run] matplotlib is not installed: no plots (pip install 'sdzero[plots]')", flush=True)
+        return []
+    hist = [json.loads(x) for x in log.read_text().splitlines()]
+    steps = [h["step"] for h in hist]
+    made = []
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(steps, [h["reward"] for h in hist], marker=".")
+    ax[0].set(xlabel="Phase-2 step", ylabel="reward (accuracy on the step's questions)", ylim=(0, 1))
+    ax[1].plot(steps, [h["response_length"] for h in hist], marker=".", color="C1")
+    ax[1].set(xlabel="Phase-2 step", ylabel="mean response tokens")
+    fig.tight_layout()
+    made.append(folder / "phase2-reward-length.png")
+    fig.savefig(made[-1], dpi=100)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key, label in (("kl_correct", "correct responses"), ("kl_wrong", "wrong responses")):
+        pts = [(h["step"], h[key]) for h in hist if h.get(key) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
+    ax.set(xlabel="Phase-2 step", ylabel="mean per-token divergence")
+    ax.legend()
+    fig.tight_layout()
+    made.append(folder / "phase2-kl.png")
+    fig.savefig(made[-1], dpi=100)
+    plt.close("all")
+    return made
