@@ -56,6 +56,31 @@ class RunConfig:
     distill_teacher: str = field(default="frozen", metadata={"help": "Phase 2 teacher: frozen, sync, ema."})
     distill_skip_truncated: bool = field(default=True, metadata={
         "help": "Phase 2: no loss on responses cut at the token cap (see `sdzero distill --help`)."})
+    distill_max_teacher_tokens: int = field(default=4096, metadata={"help": "Phase 2 teacher length limit."})
+    srt_max_length: int = field(default=1024, metadata={"help": "Phase 1 SRT record length limit."})
+
+
+def stage_configs(cfg: RunConfig, seed: int = 0) -> dict[str, Any]:
+    """The collect / SRT / distill configs this run builds (validated), keyed by stage."""
+    from sdzero.collect import CollectConfig
+    from sdzero.distill import DistillConfig
+    from sdzero.srt import SRTConfig
+
+    out = Path(cfg.output_dir)
+    dc = DistillConfig(output_dir=str(out / "distill"), max_steps=cfg.distill_max_steps,
+                       questions_per_step=cfg.distill_questions_per_step, learning_rate=cfg.distill_learning_rate,
+                       warmup_steps=cfg.distill_warmup_steps, divergence=cfg.distill_divergence,
+                       divergence_kind=cfg.distill_divergence_kind, teacher=cfg.distill_teacher,
+                       skip_truncated=cfg.distill_skip_truncated, max_teacher_tokens=cfg.distill_max_teacher_tokens)
+    dc.validate()
+    return {
+        "collect": CollectConfig(output_dir=str(out / "phase1"), revisions_per_draft=cfg.collect_revisions_per_draft,
+                                 drop_truncated=cfg.collect_drop_truncated),
+        "srt": SRTConfig(data_dir=str(out / "phase1"), output_dir=str(out / "srt"),
+                         learning_rate=cfg.srt_learning_rate, num_train_epochs=cfg.srt_num_train_epochs,
+                         per_device_train_batch_size=cfg.srt_batch_size, max_length=cfg.srt_max_length, seed=seed),
+        "distill": dc,
+    }
 
 
 def _state(out: Path) -> dict[str, Any]:
@@ -64,17 +89,18 @@ def _state(out: Path) -> dict[str, Any]:
 
 
 def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str, Any]:
-    from sdzero.collect import CollectConfig, collect
+    from sdzero.collect import collect
     from sdzero.config import read_meta
-    from sdzero.distill import DistillConfig, run_distill
+    from sdzero.distill import run_distill
     from sdzero.evaluate import EvalConfig, config_dict, evaluate, write_report
     from sdzero.generation import SamplingParams, make_generator
     from sdzero.models import load_model_and_tokenizer
-    from sdzero.srt import SRTConfig, run_srt
+    from sdzero.srt import run_srt
     from sdzero.tasks import load_task
 
     if cfg.stop_after not in STAGES:
         raise SDZeroError(f"stop_after must be one of {', '.join(STAGES)}, not {cfg.stop_after!r}")
+    configs = stage_configs(cfg, gc.seed)  # a broken setting fails here, before any work
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = _state(out)
@@ -109,30 +135,21 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
     def phase1_collect() -> dict[str, Any]:
         m, tok = load_model_and_tokenizer(mc.model, mc.dtype, mc.device)
         generator = make_generator(gc.backend, m, tok, batch_size=gc.batch_size)
-        cc = CollectConfig(output_dir=str(out / "phase1"), revisions_per_draft=cfg.collect_revisions_per_draft,
-                           drop_truncated=cfg.collect_drop_truncated)
-        summary = collect(generator, task, splits["phase1"], sampling, cc, rc.phrases(), tc.system_prompt, gc.seed,
-                          meta={"model": mc.model, "task": tc.task, "task_config": asdict(tc)})
+        summary = collect(generator, task, splits["phase1"], sampling, configs["collect"], rc.phrases(),
+                          tc.system_prompt, gc.seed, meta={"model": mc.model, "task": tc.task,
+                                                           "task_config": asdict(tc)})
         s = summary["stats"]
         return {"generations": s["generations"], "sampled_tokens": s["sampled_tokens"], "kept": s.get("kept")}
 
     def phase1_srt() -> dict[str, Any]:
-        sc = SRTConfig(data_dir=str(out / "phase1"), output_dir=str(out / "srt"),
-                       learning_rate=cfg.srt_learning_rate, num_train_epochs=cfg.srt_num_train_epochs,
-                       per_device_train_batch_size=cfg.srt_batch_size, seed=gc.seed)
-        summary = run_srt(mc.model, sc)
+        summary = run_srt(mc.model, configs["srt"])
         return {"generations": 0, "sampled_tokens": 0, "records": summary["revision_records"] +
                 summary["generation_records"]}
 
     def phase2() -> dict[str, Any]:
-        dc = DistillConfig(output_dir=str(out / "distill"), max_steps=cfg.distill_max_steps,
-                           questions_per_step=cfg.distill_questions_per_step, learning_rate=cfg.distill_learning_rate,
-                           warmup_steps=cfg.distill_warmup_steps, divergence=cfg.distill_divergence,
-                           divergence_kind=cfg.distill_divergence_kind, teacher=cfg.distill_teacher,
-                           skip_truncated=cfg.distill_skip_truncated)
         phrases = rc.phrases(read_meta(srt_model))
-        summary = run_distill(str(srt_model), task, splits["phase2"], dc, sampling, phrases, tc.system_prompt,
-                              gc.backend, gc.batch_size, gc.seed)
+        summary = run_distill(str(srt_model), task, splits["phase2"], configs["distill"], sampling, phrases,
+                              tc.system_prompt, gc.backend, gc.batch_size, gc.seed)
         hist = summary.get("history") or []
         n = cfg.distill_questions_per_step
         return {"generations": n * len(hist), "sampled_tokens": round(sum(h["response_length"] * n for h in hist))}

@@ -1,0 +1,37 @@
+"""Every recipe parses with the command it is written for and builds every stage's config."""
+
+from pathlib import Path
+
+import pytest
+
+from sdzero.cli import _parse
+from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig
+from sdzero.pipeline import RUN_DEFAULTS, RunConfig, stage_configs
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/run.yaml"))
+
+
+def test_there_are_recipes():
+    assert {p.parent.name for p in RECIPES} >= {"embedded", "paper-math-qwen3-4b", "paper-code-qwen3-4b"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.parent.name)
+def test_recipe_parses_and_builds_its_configs(recipe):
+    mc, tc, gc, rc, cfg = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, RunConfig),
+                                 ["--config", str(recipe)], "sdzero run", defaults=RUN_DEFAULTS)
+    configs = stage_configs(cfg)
+    assert set(configs) == {"collect", "srt", "distill"}
+    assert sum(tc.split_sizes().values()) > 0 and gc.max_new_tokens > 0
+    if recipe.parent.name.startswith("paper"):
+        d = configs["distill"]
+        assert (d.learning_rate, d.topk, d.teacher, d.questions_per_step) == (5e-6, 64, "frozen", 128)
+        assert (tc.phase1_size, tc.phase2_size) == (10000, 9000) and mc.model == "Qwen/Qwen3-4B-Instruct-2507"
+
+
+def test_the_embedded_recipe_is_the_no_argument_default():
+    parsed = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, RunConfig), [], "sdzero run",
+                    defaults=RUN_DEFAULTS)
+    recipe = next(p for p in RECIPES if p.parent.name == "embedded")
+    from_file = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, RunConfig),
+                       ["--config", str(recipe)], "sdzero run", defaults=RUN_DEFAULTS)
+    assert parsed == from_file
