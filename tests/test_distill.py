@@ -275,6 +275,8 @@ def test_bad_inputs_give_one_clear_error(tiny_model_dir, tmp_path, capsys):
     assert "over the limit of 5" in capsys.readouterr().err
     assert main(distill_args(tiny_model_dir, tmp_path / "c", "--phase2_size", "0")) == 2
     assert "Phase-2 questions" in capsys.readouterr().err
+    assert main(distill_args(tiny_model_dir, tmp_path / "d", "--report_to", "carrier_pigeon")) == 2
+    assert "unknown tracker 'carrier_pigeon'" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tiny_model_dir, tmp_path, capsys, monkeypatch):

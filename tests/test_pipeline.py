@@ -18,7 +18,7 @@ def test_run_goes_through_every_stage_and_reports(tiny_model_dir, tmp_path, caps
     out = tmp_path / "run"
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS]) == 0
     state = json.loads((out / "stages.json").read_text())
-    assert list(state) == ["eval-base", "collect", "srt", "eval-srt", "distill", "eval-sdzero", "report"]
+    assert list(state) == ["settings", "eval-base", "collect", "srt", "eval-srt", "distill", "eval-sdzero", "report"]
     assert state["distill"]["generations"] == 8 and state["eval-base"]["generations"] > 0
     report = (out / "report" / "results.md").read_text()
     assert "| metric | base | SRT | SD-Zero |" in report and "avg@2" in report
@@ -30,13 +30,17 @@ def test_run_goes_through_every_stage_and_reports(tiny_model_dir, tmp_path, caps
     capsys.readouterr()
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS]) == 0
     assert capsys.readouterr().out.count("skipped") == 7
+    # Started again with other settings: refused, rather than mixing stages made with different settings.
+    assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS, "--distill_max_steps",
+                 "3"]) == 2
+    assert "other settings (distill_max_steps)" in capsys.readouterr().err
 
 
 def test_run_stops_after_the_stage_asked_for(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), "--stop_after", "eval-base",
                  *ARGS]) == 0
-    assert list(json.loads((out / "stages.json").read_text())) == ["eval-base"]
+    assert list(json.loads((out / "stages.json").read_text())) == ["settings", "eval-base"]
     with pytest.raises(SystemExit):
         main(["run", "--stop_after"])
 

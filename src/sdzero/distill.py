@@ -332,7 +332,7 @@ class DistillTrainer:
         self.phrases, self.model_name = phrases, model_name
         self.generation_backend, self.generation_batch_size = generation_backend, generation_batch_size
         self.seed = seed  # one seed (the generation config's): question order, sampling, adapter initialisation
-        trackers = [] if cfg.report_to in ("none", "", None) else cfg.report_to.split(",")
+        trackers = _trackers(cfg.report_to)
         # cpu=True without a GPU: several processes launched on a CPU machine then join over gloo.
         self.acc = Accelerator(mixed_precision="bf16" if _use_bf16(cfg.precision) else "no",
                                log_with=trackers or None, project_dir=cfg.output_dir,
@@ -631,6 +631,23 @@ class DistillTrainer:
             lm.config.use_cache = False
         self.acc.wait_for_everyone()
         return summary
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
+
+
+def _trackers(report_to: str | None) -> list[str]:
+    """The trackers asked for, each checked to be known and installed (accelerate would only warn)."""
+    import importlib.util
+
+    names = [] if report_to in (None, "", "none") else [t.strip() for t in report_to.split(",") if t.strip()]
+    for name in names:
+        if name not in TRACKER_PACKAGES:
+            raise SDZeroError(f"unknown tracker {name!r} in report_to; choose from none, {', '.join(TRACKER_PACKAGES)}")
+        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+            raise SDZeroError(f"report_to={name} needs the {TRACKER_PACKAGES[name]} package: "
+                              f"pip install {TRACKER_PACKAGES[name]}")
+    return names
 
 
 def _disable_dropout(model: Any) -> None:

@@ -104,6 +104,12 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = _state(out)
+    settings = json.loads(json.dumps({**asdict(mc), **asdict(tc), **asdict(gc), **asdict(rc),
+                                      **{k: v for k, v in asdict(cfg).items() if k != "stop_after"}}))
+    if state.setdefault("settings", settings) != settings:
+        changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+        raise SDZeroError(f"{out} holds a run made with other settings ({', '.join(changed)}); finished stages "
+                          "would be reused with the new ones. Use another --output_dir, or delete this one")
     task = load_task(tc)
     sampling = SamplingParams(gc.max_new_tokens, gc.temperature, gc.top_p)
     srt_model, sdzero_model = out / "srt" / "model", out / "distill" / "model"
@@ -216,7 +222,7 @@ def write_run_report(out: Path, state: dict[str, Any], task_name: str, model_nam
         if s:
             lines.append(f"| {name} | {s.get('generations', 0)} | {s.get('sampled_tokens', 0)} | "
                          f"{s['seconds'] / 60:.1f} min |")
-    total = sum(s["seconds"] for n, s in state.items() if n != "report")
+    total = sum(s["seconds"] for n, s in state.items() if n in STAGES and n != "report")
     lines += ["", f"Total wall time (stages above): {total / 60:.1f} min.", ""]
     plots = _plots(out / "distill" / "log.jsonl", report)
     lines += [f"![{p.stem}]({p.name})" for p in plots]
