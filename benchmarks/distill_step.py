@@ -3,16 +3,18 @@
     python benchmarks/distill_step.py                  # embedded SmolLM2-135M, 8 responses x 128 tokens
     python benchmarks/distill_step.py --model PATH --batch 16 --length 256
 
-Both sides get the same model, the same prompts and the same responses, the same teacher sequence
-(chat(x) + y + control phrase, then y again) and the same optimizer (AdamW); each measurement runs in
-its own fresh process, one after the other. Reported apart:
+Both sides get the same model, the same prompts and the same responses, and the same teacher sequence
+(chat(x) + y + control phrase, then y again); each uses its own default optimizer (both a fused AdamW on
+torch >= 2.8) and default settings otherwise. Each measurement runs in its own fresh process, one after
+the other. Reported apart:
 - generation excluded: fixed responses of exactly --length tokens; forward, backward, optimizer step.
   TRL: `SDFTTrainer.compute_loss` (its teacher and student passes and loss) + backward + step.
   sdzero: `DistillTrainer.train_step` with the rollouts replaced by the fixed responses.
 - generation included: each trainer's own whole step, sampling up to --length tokens per prompt
   (TRL: `training_step`, whose `_prepare_inputs` generates; its teacher context is the phrase text, so
   its teacher sequence is shorter than sdzero's by one copy of y: a difference in TRL's favour).
-Modes: top-k (k=64, 0.5 forward + 0.5 reverse, both sides) and full vocabulary (same mix).
+Modes: top-k (k=64, 0.5 forward + 0.5 reverse, both sides) and full vocabulary (same mix); sdzero also
+with activation checkpointing (`--gradient_checkpointing`), which trades compute for memory.
 Numbers: response tokens per second over --steps timed steps (after one warm-up step); the peak resident
 memory of a step above the process's resident memory just before it, measured on the second step, once
 the optimizer state exists (model, teacher copy and optimizer state are each side's baseline; workers run
@@ -77,7 +79,7 @@ def matmul_gflops(dtype_name: str, n: int = 2048, reps: int = 8) -> float:
 
 # ------------------------------------------------------------------------------------------------ workers
 
-def setup_sdzero(args, mode):
+def setup_sdzero(args, mode, checkpointing=False):
     import torch
 
     from sdzero.chat import ControlPhrases
@@ -90,7 +92,8 @@ def setup_sdzero(args, mode):
     questions = task.split({"eval": 0, "phase1": 0, "phase2": args.batch})["phase2"]
     cfg = DistillConfig(output_dir=os.path.join(args.scratch, f"sdzero-{mode}"), max_steps=100,
                         questions_per_step=args.batch, micro_batch_size=args.batch, divergence=mode,
-                        divergence_kind="mixed", warmup_steps=0, precision=args.precision, selfloc_samples=0)
+                        divergence_kind="mixed", warmup_steps=0, precision=args.precision, selfloc_samples=0,
+                        gradient_checkpointing=checkpointing)
     trainer = DistillTrainer(args.model, task, questions, cfg, SamplingParams(args.length, 1.0), ControlPhrases(),
                              generation_batch_size=args.batch)
     return trainer, torch
@@ -111,8 +114,8 @@ def fixed_responses(tokenizer, batch, length, seed=0):
     return out
 
 
-def run_sdzero(args, mode, with_generation):
-    trainer, torch = setup_sdzero(args, mode)
+def run_sdzero(args, mode, with_generation, checkpointing=False):
+    trainer, torch = setup_sdzero(args, mode, checkpointing)
     if not with_generation:
         responses = fixed_responses(trainer.tokenizer, args.batch, args.length)
         idx = list(range(args.batch))
@@ -159,7 +162,7 @@ def run_trl(args, mode, with_generation):
                         max_prompt_length=1024)
     trainer = SDFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok)
     trainer.current_gradient_accumulation_steps = 1  # normally set by Trainer's own loop, which we bypass
-    opt = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=5e-6)
+    opt = trainer.create_optimizer()  # TRL's own default optimizer (transformers: fused AdamW on torch >= 2.8)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     prompts = [chat_prompt_ids(tok, q.prompt) for q in questions]
     responses = fixed_responses(tok, args.batch, args.length)
@@ -224,8 +227,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         impl, mode, gen = args.worker
-        fn = run_sdzero if impl == "sdzero" else run_trl
-        print("RESULT " + json.dumps(fn(args, mode, gen == "with")), flush=True)
+        if impl == "trl":
+            result = run_trl(args, mode, gen == "with")
+        else:
+            result = run_sdzero(args, mode, gen == "with", checkpointing=impl == "sdzero-ckpt")
+        print("RESULT " + json.dumps(result), flush=True)
         return
 
     import torch
@@ -237,7 +243,7 @@ def main() -> None:
     gens = ["without"] + ([] if args.no_generation_included else ["with"])
     for gen in gens:
         for mode in args.modes.split(","):
-            for impl in ("sdzero", "trl"):
+            for impl in ("sdzero", "sdzero-ckpt", "trl") if gen == "without" else ("sdzero", "trl"):
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, mode, gen, "--model", args.model,
                        "--batch", str(args.batch), "--length", str(args.length), "--steps", str(args.steps),
                        "--precision", args.precision, "--scratch", args.scratch]
@@ -249,24 +255,25 @@ def main() -> None:
                     print(f"{impl}/{mode}/{gen} generation failed:\n{proc.stderr[-3000:]}", flush=True)
                     continue
                 results[(impl, mode, gen)] = r = json.loads(line[7:])
-                print(f"  {impl:<6} {mode:<4} generation {gen:<7}: {r['tokens_per_s']:8.1f} tok/s  "
+                print(f"  {impl:<11} {mode:<4} generation {gen:<7}: {r['tokens_per_s']:8.1f} tok/s  "
                       f"step {r['step_s']:6.2f} s  peak +{r['peak_mb']:7.0f} MB  ({time.perf_counter() - t0:.0f} s)",
                       flush=True)
-    print("\nsdzero vs TRL SDFT (same model, batch, lengths; one run):")
-    print(f"{'mode':<6} {'generation':<11} {'tokens/s ratio':>15} {'peak memory ratio':>18} {'MFU sdzero':>11} "
-          f"{'MFU TRL':>8}")
+    print("\nsdzero vs TRL SDFT (same model, batch, lengths; one run). sdzero-ckpt = activation checkpointing on:")
+    print(f"{'sdzero':<12} {'mode':<6} {'generation':<11} {'tokens/s ratio':>15} {'peak memory ratio':>18} "
+          f"{'MFU sdzero':>11} {'MFU TRL':>8}")
     for gen in gens:
         for mode in args.modes.split(","):
-            a, b = results.get(("sdzero", mode, gen)), results.get(("trl", mode, gen))
-            if not (a and b):
-                continue
-            mfu = ""
-            if gen == "without":
-                mfu_a = a["flops"] / a["step_s"] / 1e9 / peak
-                mfu_b = b["flops"] / b["step_s"] / 1e9 / peak
-                mfu = f"{mfu_a:11.1%} {mfu_b:8.1%}"
-            print(f"{mode:<6} {gen:<11} {a['tokens_per_s'] / b['tokens_per_s']:14.2f}x "
-                  f"{a['peak_mb'] / max(b['peak_mb'], 1e-9):17.2f}x {mfu}")
+            for impl in ("sdzero", "sdzero-ckpt"):
+                a, b = results.get((impl, mode, gen)), results.get(("trl", mode, gen))
+                if not (a and b):
+                    continue
+                mfu = ""
+                if gen == "without":
+                    mfu_a = a["flops"] / a["step_s"] / 1e9 / peak
+                    mfu_b = b["flops"] / b["step_s"] / 1e9 / peak
+                    mfu = f"{mfu_a:11.1%} {mfu_b:8.1%}"
+                print(f"{impl:<12} {mode:<6} {gen:<11} {a['tokens_per_s'] / b['tokens_per_s']:14.2f}x "
+                      f"{a['peak_mb'] / max(b['peak_mb'], 1e-9):17.2f}x {mfu}")
 
 
 if __name__ == "__main__":

@@ -243,6 +243,17 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, t
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+def test_activation_checkpointing_changes_memory_not_results(tiny_model_dir, tmp_path):
+    plain, ckpt = tmp_path / "plain", tmp_path / "ckpt"
+    assert main(distill_args(tiny_model_dir, plain, "--max_steps", "2", "--selfloc_samples", "0")) == 0
+    assert main(distill_args(tiny_model_dir, ckpt, "--max_steps", "2", "--selfloc_samples", "0",
+                             "--gradient_checkpointing", "true")) == 0
+    for key in ("loss", "grad_norm", "response_length"):
+        assert column(history(plain), key) == pytest.approx(column(history(ckpt), key), rel=1e-5), key
+    wa, wb = load_file(plain / "model" / "model.safetensors"), load_file(ckpt / "model" / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
 def test_lora_sampled_token_run_saves_a_merged_model(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -30,7 +30,7 @@ from sdzero.files import atomic_write_json, atomic_write_text
 
 # `sdzero run`'s own defaults for fields shared with the other commands: sized so that the whole pipeline
 # fits a laptop-class CPU (README, "The main job"). A recipe or flags override them.
-RUN_DEFAULTS = {"eval_size": 100, "phase1_size": 192, "phase2_size": 320, "max_new_tokens": 128}
+RUN_DEFAULTS = {"eval_size": 100, "phase1_size": 128, "phase2_size": 320, "max_new_tokens": 128}
 
 STAGES = ("eval-base", "collect", "srt", "eval-srt", "distill", "eval-sdzero", "report")
 MODELS = {"base": "eval-base", "SRT": "eval-srt", "SD-Zero": "eval-sdzero"}
