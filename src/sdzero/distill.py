@@ -419,6 +419,7 @@ class DistillTrainer:
             shutil.rmtree(tmp)
         self.acc.wait_for_everyone()
         self.acc.save_state(str(tmp))
+        self.acc.wait_for_everyone()  # every process has written its part (its RNG state) before the rename
         if self.main:
             torch.save(self.teacher.state_dict(), tmp / "teacher.pt")
             atomic_write_json(tmp / "trainer_state.json", {"step": self.step, "history": self.history})
