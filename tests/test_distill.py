@@ -117,6 +117,22 @@ def test_trainer_loss_matches_a_dense_reference_on_a_real_model(tokenizer, diver
     assert torch.allclose(g.double(), g_ref.double(), atol=1e-5)
 
 
+def test_models_whose_logits_are_not_hidden_times_head_are_refused(tokenizer):
+    from conftest import make_model
+
+    from sdzero.distill import check_head_gives_logits
+
+    model = make_model(tokenizer)
+    check_head_gives_logits(model, tokenizer)  # a plain Llama passes
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.fill_(0.5)
+    model.lm_head = head  # untied, with a bias: logits = hidden @ W.T + b
+    with pytest.raises(SDZeroError, match="not final hidden state @ LM head"):
+        check_head_gives_logits(model, tokenizer)
+
+
 # ---------------------------------------------------------------- teachers
 
 def test_teacher_kinds_update_as_documented(tokenizer):
@@ -326,7 +342,7 @@ def test_two_processes_give_the_same_run_as_one(tiny_model_dir, tmp_path):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
                *(["--multi_gpu"] if n > 1 else []), "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()),
-               str(HERE / "distill_worker.py"),
+               str(HERE / "sdzero_worker.py"),
                *distill_args(tiny_model_dir, out, "--temperature", "0", "--batch_size", "1", "--max_steps", "3",
                              "--selfloc_samples", "0")]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,6 +1,11 @@
 """`sdzero run` end to end on a tiny model: every stage, the report, and no stage redone on a rerun."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import parity_task  # noqa: F401  (registers the parity: task)
 import pytest
@@ -49,3 +54,21 @@ def test_unknown_stage_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(tmp_path), "--stop_after", "lunch",
                  *ARGS]) == 2
     assert "stop_after must be one of" in capsys.readouterr().err
+
+
+def test_run_under_accelerate_launch_with_two_processes(tiny_model_dir, tmp_path):
+    """SRT and Phase 2 train on both processes; evaluations, collection and the report run once."""
+    out = tmp_path / "run2"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    worker = Path(__file__).resolve().parent / "sdzero_worker.py"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           str(worker), "run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((out / "stages.json").read_text())
+    assert list(state)[-1] == "report" and state["eval-base"]["generations"] == 20  # evaluated once, not twice
+    assert json.loads((out / "distill" / "model" / "sdzero.json").read_text())["processes"] == 2
+    assert (out / "report" / "results.md").is_file()

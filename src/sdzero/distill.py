@@ -344,6 +344,11 @@ class DistillTrainer:
         self.generation_backend, self.generation_batch_size = generation_backend, generation_batch_size
         self.seed = seed  # one seed (the generation config's): question order, sampling, adapter initialisation
         trackers = _trackers(cfg.report_to)
+        # accelerate keeps one mixed-precision setting per process; a stage before this one (SRT's Trainer in
+        # `sdzero run`) may have set another. Reset it, keeping the processes (PartialState) as they are.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=False)
         # cpu=True without a GPU: several processes launched on a CPU machine then join over gloo.
         self.acc = Accelerator(mixed_precision="bf16" if _use_bf16(cfg.precision) else "no",
                                log_with=trackers or None, project_dir=cfg.output_dir,
@@ -718,7 +723,8 @@ def run_distill(model_name: str, task: Any, questions: Sequence[Any], cfg: Disti
             return {"steps": result["steps_done"], "stopped_early": True, "history": result["history"]}
         summary = trainer.save_model()
     finally:
-        trainer.acc.end_training()  # closes the trackers and, with several processes, the process group
+        for tracker in trainer.acc.trackers:  # not acc.end_training(): it also ends the process group, which a
+            tracker.finish()                  # pipeline still needs; `sdzero` ends it on exit
     summary["history"] = result["history"]
     return summary
 

@@ -12,7 +12,9 @@ when the same run is started again (OUTPUT_DIR/stages.json records what finished
   report       results.md + results.json, plots, heat-map        -> report/
 
 The three question sets (held-out, Phase 1, Phase 2) come from one deterministic split of the task
-(`TaskConfig`), so no stage sees another's questions. Every generation is counted: the report gives, per
+(`TaskConfig`), so no stage sees another's questions. Under `accelerate launch`, SRT and Phase 2 train on
+every process; the evaluations, the collection and the report run on the main process while the others
+wait (they are not sharded yet). Every generation is counted: the report gives, per
 stage, the responses sampled and their tokens, and the wall time.
 """
 
@@ -33,6 +35,7 @@ from sdzero.files import atomic_write_json, atomic_write_text
 RUN_DEFAULTS = {"eval_size": 100, "phase1_size": 128, "phase2_size": 320, "max_new_tokens": 128}
 
 STAGES = ("eval-base", "collect", "srt", "eval-srt", "distill", "eval-sdzero", "report")
+DISTRIBUTED_STAGES = ("srt", "distill")  # the others run on the main process only
 MODELS = {"base": "eval-base", "SRT": "eval-srt", "SD-Zero": "eval-sdzero"}
 
 
@@ -83,6 +86,14 @@ def stage_configs(cfg: RunConfig, seed: int = 0) -> dict[str, Any]:
     }
 
 
+def _processes() -> Any:
+    """accelerate's view of the processes (one, unless started by `accelerate launch`)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def _state(out: Path) -> dict[str, Any]:
     f = out / "stages.json"
     return json.loads(f.read_text()) if f.is_file() else {}
@@ -113,16 +124,24 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
     task = load_task(tc)
     sampling = SamplingParams(gc.max_new_tokens, gc.temperature, gc.top_p)
     srt_model, sdzero_model = out / "srt" / "model", out / "distill" / "model"
+    processes = _processes()
 
     def run_stage(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        nonlocal state
         if name in state:
-            print(f"[run] {name}: done before ({state[name]['seconds']:.0f} s), skipped", flush=True)
+            if processes.is_main_process:
+                print(f"[run] {name}: done before ({state[name]['seconds']:.0f} s), skipped", flush=True)
             return
-        print(f"[run] {name} ...", flush=True)
+        if processes.is_main_process:
+            print(f"[run] {name} ...", flush=True)
         t0 = time.perf_counter()
-        result = fn()
-        state[name] = {"seconds": round(time.perf_counter() - t0, 1), **result}
-        atomic_write_json(out / "stages.json", state)
+        result = fn() if name in DISTRIBUTED_STAGES or processes.is_main_process else None
+        processes.wait_for_everyone()
+        if processes.is_main_process:
+            state[name] = {"seconds": round(time.perf_counter() - t0, 1), **(result or {})}
+            atomic_write_json(out / "stages.json", state)
+        processes.wait_for_everyone()
+        state = {**_state(out), "settings": state["settings"]}
 
     def evaluation(model: str, target: str) -> Callable[[], dict[str, Any]]:
         def fn() -> dict[str, Any]:

@@ -254,5 +254,10 @@ def run_srt(model_name: str, cfg: SRTConfig) -> dict[str, Any]:
         "loss_history": {k: [{"step": h["step"], "loss": h["loss"]} for h in v if "loss" in h]
                          for k, v in history.items()},
     }
-    save_model(model, tokenizer, Path(cfg.output_dir) / "model", summary)
+    from accelerate import PartialState
+
+    processes = PartialState()  # under `accelerate launch`: every process trained, one writes the model
+    if processes.is_main_process:
+        save_model(model, tokenizer, Path(cfg.output_dir) / "model", summary)
+    processes.wait_for_everyone()
     return summary

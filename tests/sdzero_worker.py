@@ -1,4 +1,4 @@
-"""`sdzero` with the test task registered, for `accelerate launch tests/distill_worker.py distill ...`."""
+"""`sdzero` with the test task registered, for `accelerate launch tests/sdzero_worker.py distill|run ...`."""
 
 import os
 import sys
