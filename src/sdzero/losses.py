@@ -58,6 +58,21 @@ def _divergence(s: torch.Tensor, t: torch.Tensor, kind: Kind, beta: float) -> to
     raise ValueError(f"unknown divergence kind {kind!r}: forward, reverse, mixed or jsd")
 
 
+def _by_chunks(fn, chunk_size: int, rows: tuple[torch.Tensor, ...],
+               trainable: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+    """fn over chunks of `rows` (tensors sharing their first dimension), concatenated. Where a gradient is
+    needed, each chunk runs under activation checkpointing: its [chunk, V] intermediates are recomputed in
+    the backward pass instead of being kept."""
+    pieces = []
+    for lo in range(0, rows[0].shape[0], chunk_size):
+        part = [r[lo : lo + chunk_size] for r in rows]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (*part, *trainable)):
+            pieces.append(checkpoint(fn, *part, use_reentrant=False))
+        else:
+            pieces.append(fn(*part))
+    return torch.cat(pieces)
+
+
 def topk_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None,
                     k: int = 64, kind: Kind = "mixed", beta: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Divergence on the teacher's top-k support. Logits: [N, V] (any float dtype); mask: [N]."""
@@ -87,16 +102,10 @@ def topk_divergence_from_hidden(student_hidden: torch.Tensor, student_head: torc
         s_top = torch.einsum("ch,ckh->ck", h_s, student_head[idx])
         return _divergence(F.log_softmax(s_top.float(), dim=-1), F.log_softmax(t_top.float(), dim=-1), kind, beta)
 
-    pieces = []
-    for lo in range(0, student_hidden.shape[0], chunk_size):
-        h_s, h_t = student_hidden[lo : lo + chunk_size], teacher_hidden[lo : lo + chunk_size]
-        with torch.no_grad():
-            t_top, idx = (h_t @ teacher_head.T).topk(k, dim=-1)
-        if torch.is_grad_enabled() and (h_s.requires_grad or student_head.requires_grad):
-            pieces.append(checkpoint(chunk_div, h_s, idx, t_top, use_reentrant=False))
-        else:
-            pieces.append(chunk_div(h_s, idx, t_top))
-    per_token = torch.cat(pieces)
+    with torch.no_grad():  # the teacher's support: only [N, k] is kept
+        tops = [(h_t @ teacher_head.T).topk(k, dim=-1) for h_t in teacher_hidden.split(chunk_size)]
+    t_top, idx = torch.cat([t.values for t in tops]), torch.cat([t.indices for t in tops])
+    per_token = _by_chunks(chunk_div, chunk_size, (student_hidden, idx, t_top), (student_head,))
     return _masked_mean(per_token, mask), per_token
 
 
@@ -108,14 +117,7 @@ def token_logprobs_from_hidden(hidden: torch.Tensor, head: torch.Tensor, targets
         logits = (h @ head.T).float()
         return logits.gather(-1, t[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
-    pieces = []
-    for lo in range(0, hidden.shape[0], chunk_size):
-        h, t = hidden[lo : lo + chunk_size], targets[lo : lo + chunk_size]
-        if torch.is_grad_enabled() and (h.requires_grad or head.requires_grad):
-            pieces.append(checkpoint(chunk_lp, h, t, use_reentrant=False))
-        else:
-            pieces.append(chunk_lp(h, t))
-    return torch.cat(pieces)
+    return _by_chunks(chunk_lp, chunk_size, (hidden, targets), (head,))
 
 
 def full_vocab_divergence(student_hidden: torch.Tensor, student_head: torch.Tensor, teacher_hidden: torch.Tensor,
@@ -134,14 +136,7 @@ def full_vocab_divergence(student_hidden: torch.Tensor, student_head: torch.Tens
             t = F.log_softmax((h_t @ teacher_head.T).float(), dim=-1)
         return _divergence(s, t, kind, beta)
 
-    pieces = []
-    for lo in range(0, student_hidden.shape[0], chunk_size):
-        h_s, h_t = student_hidden[lo : lo + chunk_size], teacher_hidden[lo : lo + chunk_size]
-        if torch.is_grad_enabled() and (h_s.requires_grad or student_head.requires_grad):
-            pieces.append(checkpoint(chunk_div, h_s, h_t, use_reentrant=False))
-        else:
-            pieces.append(chunk_div(h_s, h_t))
-    per_token = torch.cat(pieces)
+    per_token = _by_chunks(chunk_div, chunk_size, (student_hidden, teacher_hidden), (student_head,))
     return _masked_mean(per_token, mask), per_token
 
 
