@@ -133,6 +133,23 @@ def test_models_whose_logits_are_not_hidden_times_head_are_refused(tokenizer):
         check_head_gives_logits(model, tokenizer)
 
 
+def test_dropout_is_off_in_the_student_attention_dropout_included(tokenizer):
+    from conftest import make_model
+
+    from sdzero.distill import _disable_dropout
+
+    model = make_model(tokenizer)
+    for m in model.modules():  # as if loaded with attention_dropout=0.5 in its config
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.5
+    model.train()
+    ids = torch.tensor([chat_prompt_ids(tokenizer, "hello there")])
+    torch.manual_seed(0)
+    assert not torch.equal(model(ids).logits, model(ids).logits)  # dropout is on: two passes differ
+    _disable_dropout(model)
+    assert torch.equal(model(ids).logits, model(ids).logits)
+
+
 # ---------------------------------------------------------------- teachers
 
 def test_teacher_kinds_update_as_documented(tokenizer):

@@ -494,7 +494,7 @@ class DistillTrainer:
         global_tokens = self.acc.reduce(local_tokens.clone(), "sum").item()
         # The DDP gradient is the mean over processes: scale so the sum over all tokens / global count comes out.
         scale = self.acc.num_processes / max(global_tokens, 1.0)
-        sums = torch.zeros(6, device=device, dtype=torch.float64)  # loss, kl on right, right tokens, wrong, n, r
+        sums = torch.zeros(4, device=device, dtype=torch.float64)  # KL and tokens on right, then on wrong responses
         selfloc = self._selfloc_wanted(step)
         selfloc_rows = _pick_selfloc(rewards, cfg.selfloc_samples) if selfloc and self.main else []
         records = []
@@ -508,8 +508,11 @@ class DistillTrainer:
             s_ids, s_mask, s_rows, s_cols = pad_batch([p.student_ids for p in chunk],
                                                       [p.student_positions for p in chunk], self.pad_id)
             targets = torch.tensor([t for p in chunk for t in p.target_ids], device=device)
-            weight = torch.tensor([float(counted[lo + j]) for j, p in enumerate(chunk) for _ in p.target_ids],
-                                  device=device)
+            lengths = torch.tensor([p.num_tokens for p in chunk], device=device)
+            weight = torch.tensor(counted[lo : lo + len(chunk)], dtype=torch.float32, device=device)
+            weight = weight.repeat_interleave(lengths)  # per token: 1 if it counts, 0 if its response is skipped
+            right = torch.tensor([r >= 1.0 for r in rewards[lo : lo + len(chunk)]], dtype=torch.float32,
+                                 device=device).repeat_interleave(lengths)
             with torch.no_grad(), self.teacher.weights(self.policy, unwrapped) as teacher, self.acc.autocast():
                 t_hidden, t_head = teacher(t_ids.to(device), t_mask.to(device), t_rows.to(device), t_cols.to(device),
                                            role="teacher")
@@ -524,29 +527,23 @@ class DistillTrainer:
                 raise SDZeroError(f"the distillation loss became {loss.item()} at step {step + 1}; lower the "
                                   "learning rate or use precision=fp32 (the last checkpoint is kept)")
             self.acc.backward(loss)
-            values = per_token.detach().double()
-            offsets = [0]
-            for p in chunk:
-                offsets.append(offsets[-1] + p.num_tokens)
-            for j, p in enumerate(chunk):
-                v = values[offsets[j] : offsets[j + 1]]
-                right = rewards[lo + j] >= 1.0
+            w, rt = weight.double(), right.double()
+            v = per_token.detach().double() * w
+            sums += torch.stack([(v * rt).sum(), (w * rt).sum(), (v * (1 - rt)).sum(), (w * (1 - rt)).sum()])
+            start = 0
+            for j, p in enumerate(chunk):  # the teacher rows of the heat-map's responses
                 if lo + j in selfloc_rows:
-                    records.append((lo + j, p, t_hidden[offsets[j] : offsets[j + 1]], t_head))
-                if not counted[lo + j]:
-                    continue
-                sums[0] += v.sum()
-                sums[1 if right else 3] += v.sum()
-                sums[2 if right else 4] += v.numel()
+                    records.append((lo + j, p, t_hidden[start : start + p.num_tokens]))
+                start += p.num_tokens
         if records:
-            self._write_selfloc(step, records, idx, completions, rewards)
+            self._write_selfloc(step, records, t_head, idx, rewards)
         grad_norm = None
         if global_tokens > 0:  # every response cut and skipped: no update (Adam would still move on momentum)
             grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.teacher.update(self.acc.unwrap_model(self.policy).lm, step + 1)
+        self.teacher.update(unwrapped.lm, step + 1)
         wall = time.perf_counter() - t0
         stats = torch.tensor([len(completions), sum(rewards), sum(c.num_tokens for c in completions),
                               sum(c.finish_reason == "length" for c in completions)], device=device,
@@ -556,12 +553,12 @@ class DistillTrainer:
         n = stats[0].item()
         return {
             "step": step + 1,
-            "loss": sums[0].item() / global_tokens if global_tokens else None,
+            "loss": (sums[0] + sums[2]).item() / global_tokens if global_tokens else None,
             "reward": stats[1].item() / n,
             "response_length": stats[2].item() / n,
             "clipped_share": stats[3].item() / n,
-            "kl_correct": sums[1].item() / sums[2].item() if sums[2].item() else None,
-            "kl_wrong": sums[3].item() / sums[4].item() if sums[4].item() else None,
+            "kl_correct": sums[0].item() / sums[1].item() if sums[1].item() else None,
+            "kl_wrong": sums[2].item() / sums[3].item() if sums[3].item() else None,
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "learning_rate": self.scheduler.get_last_lr()[0],
             "tokens": int(global_tokens),
@@ -579,23 +576,26 @@ class DistillTrainer:
         s = step + 1
         return s == 1 or s == c.max_steps or (c.selfloc_steps > 0 and s % c.selfloc_steps == 0)
 
-    def _write_selfloc(self, step, records, idx, completions, rewards) -> None:
+    def _write_selfloc(self, step, records, teacher_head, idx, rewards) -> None:
         import torch
 
         from sdzero.selfloc import render_html
 
-        rows = []
         device = self.acc.device
-        unwrapped = self.acc.unwrap_model(self.policy)
-        for row, pair, t_hidden, t_head in records:
-            ids, mask, r, c = pad_batch([pair.student_ids], [pair.student_positions], self.pad_id)
-            with torch.no_grad(), self.acc.autocast():
-                kl = unwrapped(ids.to(device), mask.to(device), r.to(device), c.to(device), role="selfloc",
-                               teacher_hidden=t_hidden, teacher_head=t_head, chunk_size=self.cfg.loss_chunk_size)
+        pairs = [pair for _, pair, _ in records]
+        ids, mask, r, c = (t.to(device) for t in pad_batch([p.student_ids for p in pairs],
+                                                            [p.student_positions for p in pairs], self.pad_id))
+        with torch.no_grad(), self.acc.autocast():  # one pass for all of the page's responses
+            kl = self.acc.unwrap_model(self.policy)(
+                ids, mask, r, c, role="selfloc", teacher_hidden=torch.cat([t for _, _, t in records]),
+                teacher_head=teacher_head, chunk_size=self.cfg.loss_chunk_size).float().tolist()
+        rows, start = [], 0
+        for row, pair, _ in records:
             q = self.questions[idx[row]]
             rows.append({"question_id": q.id, "question": q.prompt, "reward": rewards[row],
                          "tokens": [self.tokenizer.decode([t]) for t in pair.target_ids],
-                         "kl": [round(float(x), 5) for x in kl.float().tolist()]})
+                         "kl": [round(x, 5) for x in kl[start : start + pair.num_tokens]]})
+            start += pair.num_tokens
         folder = self.out / "selfloc"
         folder.mkdir(parents=True, exist_ok=True)
         name = f"step-{step + 1:06d}"
@@ -673,13 +673,14 @@ def _trackers(report_to: str | None) -> list[str]:
 
 
 def _disable_dropout(model: Any) -> None:
+    """Dropout off in the student too (the spec). Attention dropout in transformers is a float each
+    attention module copied from the config when it was built, not an nn.Dropout: zero both."""
     torch = _torch()
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    for name in ("attention_dropout", "hidden_dropout", "dropout"):
-        if hasattr(model.config, name) and isinstance(getattr(model.config, name), float):
-            setattr(model.config, name, 0.0)
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
 
 
 def _prepare_sharded_teacher(module: Any, acc: Any) -> Any:
