@@ -75,7 +75,7 @@ def stop_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
 
 
 class HFGenerator(Generator):
-    """transformers `generate` on the model's own device."""
+    """A transformers model on its own device: the compact decoder below, or `generate`."""
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, show_progress: bool = True,
                  decode: str = "compact"):
@@ -140,7 +140,7 @@ class HFGenerator(Generator):
         items = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
         items.sort(key=lambda it: len(prompts[it[0]]))
         greedy = params.temperature == 0
-        config = GenerationConfig(
+        config = None if self.decode == "compact" else GenerationConfig(
             max_new_tokens=params.max_new_tokens,
             do_sample=not greedy,
             temperature=None if greedy else params.temperature,
@@ -227,10 +227,9 @@ class VLLMGenerator(Generator):
         if not prompts:
             return []
         e = self.engine
-        e.temperature, e.top_p, e.top_k = max(params.temperature, 0.0), params.top_p, 0
+        greedy = params.temperature == 0  # vLLM's greedy: sampling from the single best token
+        e.temperature, e.top_p, e.top_k = (1.0, 1.0, 1) if greedy else (params.temperature, params.top_p, 0)
         e.max_completion_length = params.max_new_tokens
-        if params.temperature == 0:
-            e.temperature, e.top_k = 1.0, 1  # vLLM's greedy: sample from the single best token
         e.sync_weights()
         _, completion_ids, *_ = e.generate(list(prompts), None, params.n)
         out: list[list[Completion]] = []
