@@ -27,6 +27,7 @@ def test_run_goes_through_every_stage_and_reports(tiny_model_dir, tmp_path, caps
     assert state["distill"]["generations"] == 8 and state["eval-base"]["generations"] > 0
     report = (out / "report" / "results.md").read_text()
     assert "| metric | base | SRT | SD-Zero |" in report and "avg@2" in report
+    assert "Phase 2: 2 steps" in report and "response_length" in report  # the first-vs-last steps summary
     data = json.loads((out / "report" / "results.json").read_text())
     assert set(data["models"]) == {"base", "SRT", "SD-Zero"}
     assert (out / "report" / "phase2-reward-length.png").is_file() and (out / "report" / "phase2-kl.png").is_file()

@@ -28,33 +28,22 @@ def _parse(types: tuple, argv: list[str], prog: str, defaults: dict | None = Non
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig, read_meta
-    from sdzero.evaluate import EvalConfig, config_dict, evaluate, format_table, write_report
-    from sdzero.generation import SamplingParams, make_generator
-    from sdzero.models import load_model_and_tokenizer
+    from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig
+    from sdzero.evaluate import EvalConfig, evaluate_model, format_table
     from sdzero.tasks import load_task
 
     mc, tc, gc, rc, ec = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, EvalConfig), argv,
                                 "sdzero eval")
     task = load_task(tc)
-    try:
-        questions = task.split(tc.split_sizes("eval"))["eval"]
-        model, tokenizer = load_model_and_tokenizer(mc.model, mc.dtype, mc.device)
-        generator = make_generator(gc.backend, model, tokenizer, batch_size=gc.batch_size)
-        sampling = SamplingParams(gc.max_new_tokens, gc.temperature, gc.top_p)
-        print(f"[sdzero] eval {mc.model} on {task.name}: {len(questions)} held-out questions, "
-              f"k={ec.num_samples} at T={gc.temperature}", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        # A model trained by sdzero carries its control phrases: evaluate it with the ones it learned.
-        phrases = rc.phrases(read_meta(mc.model))
-        report = evaluate(generator, task, questions, sampling, ec, phrases, tc.system_prompt, gc.seed)
-        report["control_phrases"] = phrases.to_dict()
-        report["metrics"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    finally:
-        task.close()
     safe_task = task.name.replace("/", "_").replace(":", "-")
     out = Path(ec.output or f"outputs/eval-{safe_task}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    write_report(out, report, config_dict(mc, tc, gc, rc, ec))
+    try:
+        questions = task.split(tc.split_sizes("eval"))["eval"]
+        print(f"[sdzero] eval {mc.model} on {task.name}: {len(questions)} held-out questions, "
+              f"k={ec.num_samples} at T={gc.temperature}", file=sys.stderr, flush=True)
+        report = evaluate_model(mc.model, task, questions, mc, tc, gc, rc, ec, out)
+    finally:
+        task.close()
     print(format_table(report["metrics"], f"sdzero eval  model={mc.model}  task={task.name}"))
     print(f"report: {out}")
     return 0
@@ -107,7 +96,7 @@ def cmd_srt(argv: list[str]) -> int:
 
 def cmd_distill(argv: list[str]) -> int:
     from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig, read_meta
-    from sdzero.distill import DistillConfig, run_distill, summarize_history
+    from sdzero.distill import DistillConfig, format_history, run_distill
     from sdzero.generation import SamplingParams
     from sdzero.tasks import load_task
 
@@ -130,10 +119,7 @@ def cmd_distill(argv: list[str]) -> int:
         task.close()
     history = summary.get("history") or []
     if history:
-        moved = summarize_history(history)
-        print("sdzero distill: first 5 steps -> last 5 steps")
-        for k, v in moved.items():
-            print(f"  {k:<16} {v['first']:.4f} -> {v['last']:.4f}")
+        print(format_history(history))
     if summary.get("stopped_early"):
         print(f"stopped after step {summary['steps']} (stop_after_steps); run again to resume")
     else:

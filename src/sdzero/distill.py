@@ -737,5 +737,20 @@ def summarize_history(history: Sequence[dict[str, Any]], window: int = 5) -> dic
         return sum(vals) / len(vals) if vals else math.nan
 
     first, last = history[:window], history[-window:]
-    keys = ("loss", "reward", "response_length", "kl_correct", "kl_wrong", "tokens_per_s")
+    keys = ("loss", "reward", "response_length", "clipped_share", "kl_correct", "kl_wrong", "tokens_per_s")
     return {k: {"first": mean(first, k), "last": mean(last, k)} for k in keys}
+
+
+def history_totals(history: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Steps, wall minutes and the minutes of those spent generating rollouts."""
+    return {"steps": len(history), "minutes": sum(h["step_s"] for h in history) / 60,
+            "generation_minutes": sum(h["generation_s"] for h in history) / 60}
+
+
+def format_history(history: Sequence[dict[str, Any]], window: int = 5) -> str:
+    """The console / report summary of a Phase-2 log: first vs last `window` steps, and the totals."""
+    t = history_totals(history)
+    lines = [f"Phase 2: {t['steps']} steps, {t['minutes']:.1f} min ({t['generation_minutes']:.1f} generating); "
+             f"mean of the first {window} -> last {window} steps:"]
+    lines += [f"  {k:<16} {v['first']:.4f} -> {v['last']:.4f}" for k, v in summarize_history(history, window).items()]
+    return "\n".join(lines)

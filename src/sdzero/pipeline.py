@@ -103,7 +103,7 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
     from sdzero.collect import collect
     from sdzero.config import read_meta
     from sdzero.distill import run_distill
-    from sdzero.evaluate import EvalConfig, config_dict, evaluate, write_report
+    from sdzero.evaluate import EvalConfig, evaluate_model
     from sdzero.generation import SamplingParams, make_generator
     from sdzero.models import load_model_and_tokenizer
     from sdzero.srt import run_srt
@@ -145,16 +145,9 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
 
     def evaluation(model: str, target: str) -> Callable[[], dict[str, Any]]:
         def fn() -> dict[str, Any]:
-            questions = splits["eval"]
-            m, tok = load_model_and_tokenizer(model, mc.dtype, mc.device)
-            generator = make_generator(gc.backend, m, tok, batch_size=gc.batch_size)
             ec = EvalConfig(num_samples=cfg.eval_num_samples, revise=cfg.eval_revise, output=str(out / target))
-            phrases = rc.phrases(read_meta(model))
-            report = evaluate(generator, task, questions, sampling, ec, phrases, tc.system_prompt, gc.seed)
-            report["control_phrases"] = phrases.to_dict()
-            write_report(out / target, report, {"model": model, **config_dict(tc, gc, ec)})
-            return {"generations": report["metrics"]["generations"],
-                    "sampled_tokens": report["metrics"]["sampled_tokens"]}
+            metrics = evaluate_model(model, task, splits["eval"], mc, tc, gc, rc, ec, out / target)["metrics"]
+            return {"generations": metrics["generations"], "sampled_tokens": metrics["sampled_tokens"]}
         return fn
 
     def phase1_collect() -> dict[str, Any]:
@@ -243,7 +236,12 @@ def write_run_report(out: Path, state: dict[str, Any], task_name: str, model_nam
                          f"{s['seconds'] / 60:.1f} min |")
     total = sum(s["seconds"] for n, s in state.items() if n in STAGES and n != "report")
     lines += ["", f"Total wall time (stages above): {total / 60:.1f} min.", ""]
-    plots = _plots(out / "distill" / "log.jsonl", report)
+    log = out / "distill" / "log.jsonl"
+    if log.is_file():
+        from sdzero.distill import format_history
+
+        lines += ["```", format_history([json.loads(x) for x in log.read_text().splitlines()]), "```", ""]
+    plots = _plots(log, report)
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     heatmaps = sorted((out / "distill" / "selfloc").glob("step-*.html")) if (out / "distill").is_dir() else []
     if heatmaps:
