@@ -121,8 +121,10 @@ def test_vllm_backend_without_vllm_is_a_clear_error(tokenizer, tiny_model):
         make_generator("tgi", tiny_model, tokenizer)
 
 
-def test_compact_decoding_matches_transformers_generate_greedily(tokenizer):
-    """Dropping finished rows from the batch and its cache changes nothing in what each row generates."""
+@pytest.mark.parametrize("batch_size", [2, 3, 16])
+def test_compact_decoding_matches_transformers_generate_greedily(tokenizer, batch_size):
+    """Dropping finished rows and refilling the batch with waiting prompts (joined to a running KV cache of
+    another width) changes nothing in what each row generates."""
     from conftest import make_model
 
     tiny_model = make_model(tokenizer, seed=7)
@@ -130,19 +132,29 @@ def test_compact_decoding_matches_transformers_generate_greedily(tokenizer):
         for w in tiny_model.parameters():
             if w.dim() == 2:
                 w.normal_(0.0, 0.3)
-    prompts = [chat_prompt_ids(tokenizer, q) for q in ("Hi", "What is 2+3? Think.", "abc", "A longer question here?")]
+    questions = ("Hi", "What is 2+3? Think.", "abc", "A longer question here?", "Why is the sky blue at noon?",
+                 "7", "Name a prime.")
+    prompts = [chat_prompt_ids(tokenizer, q) for q in questions]
     params = SamplingParams(max_new_tokens=12, temperature=0.0)
     # A stop token the random model emits early in some rows, so rows do finish at different steps.
-    probe = HFGenerator(tiny_model, tokenizer, batch_size=4, show_progress=False, decode="generate")
+    probe = HFGenerator(tiny_model, tokenizer, batch_size=len(prompts), show_progress=False, decode="generate")
     rows = [c.ids for cs in probe.generate(prompts, params) for c in cs]
     stop = next(t for row in rows for t in row[1:] if not all(t in other for other in rows))
     results = {}
-    for decode in ("compact", "generate"):
-        gen = HFGenerator(tiny_model, tokenizer, batch_size=4, show_progress=False, decode=decode)
+    for decode, size in (("compact", batch_size), ("generate", len(prompts))):
+        gen = HFGenerator(tiny_model, tokenizer, batch_size=size, show_progress=False, decode=decode)
         gen.stop_ids = sorted(set(gen.stop_ids) | {stop})
         results[decode] = [(c.ids, c.finish_reason) for cs in gen.generate(prompts, params) for c in cs]
     assert results["compact"] == results["generate"]
     assert {r for _, r in results["compact"]} == {"stop", "length"}  # both kinds of ending were exercised
+
+
+def test_compact_decoder_refills_the_batch(tiny_model, tokenizer, prompts):
+    """More work than slots: every (prompt, sample) is decoded once, with its own token budget."""
+    gen = HFGenerator(tiny_model, tokenizer, batch_size=2, show_progress=False)
+    outs = gen.generate(prompts, SamplingParams(max_new_tokens=6, temperature=1.0, n=3), seed=3)
+    assert [len(cs) for cs in outs] == [3, 3, 3]
+    assert all(1 <= len(c.ids) + (c.finish_reason == "stop") <= 6 for cs in outs for c in cs)
 
 
 def test_sampling_respects_temperature_and_top_p():

@@ -7,10 +7,12 @@ messages, because the reviser continues an assistant turn that is already open (
 
 Simplifications of `HFGenerator`, stated up front:
 - Prompts are sorted by length and batched with left padding. The default decoder ("compact") samples
-  token by token and drops rows from the batch and its KV cache as they finish, so a long response does
-  not make the whole batch pay for its length; `decode="generate"` uses transformers' `generate` instead.
-- Seeding is per batch (seed + batch index): the same seed, prompts and batch size give the same
-  samples; a different batch size gives different (equally valid) samples.
+  token by token through one batch that drops a row (and its KV cache) when it finishes and refills the
+  free slots with the next prompts, so neither a long response nor a half-empty batch holds up the rest;
+  `decode="generate"` runs transformers' `generate` batch by batch instead (slower; kept as a reference).
+- Seeding: the compact decoder draws from one generator seeded per call, the `generate` path seeds each
+  batch (seed + batch index). Either way the same seed, prompts and batch size give the same samples; a
+  different batch size gives different (equally valid) samples.
 - Sampling is plain temperature sampling over the full vocabulary (top-k off, top-p 1.0 unless asked),
   because the methods assume samples from the policy itself.
 """
@@ -90,35 +92,72 @@ class HFGenerator(Generator):
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.stop_ids[0]
 
-    def _decode_compact(self, input_ids: Any, mask: Any, params: SamplingParams) -> list[list[int]]:
-        """Token-by-token sampling with a KV cache that drops rows as they finish.
+    def _decode_stream(self, prompts: Sequence[list[int]], items: list[tuple[int, int]], params: SamplingParams,
+                       seed: int, bar: Any) -> dict[tuple[int, int], list[int]]:
+        """Token-by-token decoding of every item through one batch that is refilled as rows finish.
 
-        transformers' `generate` keeps computing a finished row until the whole batch is done, so one long
-        response makes every row pay for its length; here a batch costs what its live rows cost. Same
-        distribution as `generate` with do_sample, top_k=0 (temperature, then top-p); greedy when T = 0.
+        A row leaves the batch (and its KV cache) when it stops; once `refill` slots are free, the next
+        prompts are prefilled together and joined to the running batch, right-aligned on the cache's last
+        column (left padding, as for a fresh batch). So the batch stays near `batch_size` live rows until
+        the queue runs dry, and a long response never holds up the prompts behind it. Same distribution as
+        `generate` with do_sample, top_k=0 (temperature, then top-p); greedy when T = 0.
         """
         import torch
         from transformers import DynamicCache
 
-        stops = torch.tensor(self.stop_ids, device=input_ids.device)
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # original row of each live row
-        out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-        cache = DynamicCache()
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
-        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1]
-        next_pos = positions[:, -1] + 1
-        for step in range(params.max_new_tokens):
-            token = _sample(logits.float(), params.temperature, params.top_p)
-            for r, t in zip(rows.tolist(), token.tolist()):
-                out[r].append(t)
-            live = ~torch.isin(token, stops)
-            if step == params.max_new_tokens - 1 or not live.any():
-                break
-            if not live.all():
-                keep = live.nonzero().squeeze(1)
+        device = next(self.model.parameters()).device
+        rng = torch.Generator(device=device).manual_seed(seed)
+        stops = torch.tensor(self.stop_ids, device=device)
+        refill = max(1, self.batch_size // 8)  # prefill in groups: one prompt at a time would waste passes
+        queue = list(items)
+        out: dict[tuple[int, int], list[int]] = {}
+        live: list[tuple[int, int]] = []  # the item each row of the batch is decoding
+        cache = mask = next_pos = logits = None
+
+        def prefill(group: list[tuple[int, int]]) -> tuple[Any, Any, Any, Any]:
+            width = max(len(prompts[i]) for i, _ in group)
+            ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
+            m = torch.zeros((len(group), width), dtype=torch.long)
+            for r, (i, _) in enumerate(group):
+                ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                m[r, width - len(prompts[i]) :] = 1
+            ids, m = ids.to(device), m.to(device)
+            pos = (m.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
+            c = DynamicCache()
+            lg = self.model(input_ids=ids, attention_mask=m, position_ids=pos, past_key_values=c, use_cache=True,
+                            logits_to_keep=1).logits[:, -1]
+            return c, m, pos[:, -1] + 1, lg
+
+        while queue or live:
+            if queue and (not live or self.batch_size - len(live) >= min(refill, len(queue))):
+                group, queue = queue[: self.batch_size - len(live)], queue[self.batch_size - len(live) :]
+                c, m, pos, lg = prefill(group)
+                if not live:
+                    cache, mask, next_pos, logits = c, m, pos, lg
+                else:
+                    cache, mask = _join_caches(cache, mask, c, m)
+                    next_pos, logits = torch.cat([next_pos, pos]), torch.cat([logits, lg])
+                live += group
+                for it in group:
+                    out[it] = []
+            token = _sample(logits.float(), params.temperature, params.top_p, rng)
+            for it, t in zip(live, token.tolist()):
+                out[it].append(t)
+            done = torch.isin(token, stops) | torch.tensor(
+                [len(out[it]) >= params.max_new_tokens for it in live], device=device)
+            if done.any():
+                bar.update(int(done.sum()))
+                keep = (~done).nonzero().squeeze(1)
+                live = [live[r] for r in keep.tolist()]
+                if not live:
+                    continue
                 cache.batch_select_indices(keep)
-                rows, token, mask, next_pos = rows[keep], token[keep], mask[keep], next_pos[keep]
+                token, mask, next_pos = token[keep], mask[keep], next_pos[keep]
+                lead = int(mask.any(0).nonzero()[0])  # columns no live row uses any more
+                if lead:
+                    mask = mask[:, lead:]
+                    for layer in cache.layers:
+                        layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             logits = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                                 past_key_values=cache, use_cache=True).logits[:, -1]
@@ -155,34 +194,34 @@ class HFGenerator(Generator):
         self.model.eval()
         bar = tqdm(total=len(items), desc=desc, unit="seq", disable=not self.show_progress, leave=False)
         try:
-            for b, start in enumerate(range(0, len(items), self.batch_size)):
-                batch = items[start : start + self.batch_size]
-                width = max(len(prompts[i]) for i, _ in batch)
-                input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for r, (i, _) in enumerate(batch):
-                    p = prompts[i]
-                    input_ids[r, width - len(p) :] = torch.tensor(p)
-                    mask[r, width - len(p) :] = 1
-                torch.manual_seed(seed * 1_000_003 + b)
+            if self.decode == "compact":
                 with torch.no_grad():
-                    if self.decode == "compact":
-                        new = self._decode_compact(input_ids.to(device), mask.to(device), params)
-                    else:
-                        seqs = self.model.generate(
-                            input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config
-                        )
-                        new = seqs[:, width:].tolist()
-                for r, (i, j) in enumerate(batch):
-                    out[i][j] = self._finish(new[r])
-                bar.update(len(batch))
+                    done = self._decode_stream(prompts, items, params, seed * 1_000_003, bar)
+                for (i, j), ids in done.items():
+                    out[i][j] = self._finish(ids)
+            else:
+                for b, start in enumerate(range(0, len(items), self.batch_size)):
+                    batch = items[start : start + self.batch_size]
+                    width = max(len(prompts[i]) for i, _ in batch)
+                    input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                    mask = torch.zeros((len(batch), width), dtype=torch.long)
+                    for r, (i, _) in enumerate(batch):
+                        input_ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                        mask[r, width - len(prompts[i]) :] = 1
+                    torch.manual_seed(seed * 1_000_003 + b)
+                    with torch.no_grad():
+                        seqs = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                                   generation_config=config)
+                    for r, (i, j) in enumerate(batch):
+                        out[i][j] = self._finish(seqs[r, width:].tolist())
+                    bar.update(len(batch))
         finally:
             bar.close()
             self.model.train(was_training)
         return out  # type: ignore[return-value]
 
 
-def _sample(logits: Any, temperature: float, top_p: float) -> Any:
+def _sample(logits: Any, temperature: float, top_p: float, generator: Any = None) -> Any:
     """One token per row: argmax when temperature is 0, else temperature then nucleus (top-p) sampling."""
     import torch
 
@@ -194,7 +233,21 @@ def _sample(logits: Any, temperature: float, top_p: float) -> Any:
         outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest prefix whose mass reaches top_p
         sorted_p = sorted_p.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _join_caches(cache: Any, mask: Any, new_cache: Any, new_mask: Any) -> tuple[Any, Any]:
+    """Stack two left-padded batches (KV caches and attention masks) into one, right-aligned."""
+    import torch
+    import torch.nn.functional as F
+
+    width = max(mask.shape[1], new_mask.shape[1])
+    for a, b in zip(cache.layers, new_cache.layers):  # keys / values: [batch, heads, width, head_dim]
+        a.keys = torch.cat([F.pad(a.keys, (0, 0, width - mask.shape[1], 0)),
+                            F.pad(b.keys, (0, 0, width - new_mask.shape[1], 0))])
+        a.values = torch.cat([F.pad(a.values, (0, 0, width - mask.shape[1], 0)),
+                              F.pad(b.values, (0, 0, width - new_mask.shape[1], 0))])
+    return cache, torch.cat([F.pad(mask, (width - mask.shape[1], 0)), F.pad(new_mask, (width - new_mask.shape[1], 0))])
 
 
 class VLLMGenerator(Generator):
