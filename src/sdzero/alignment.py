@@ -2,6 +2,7 @@
 
 Student: chat(x) + y                         -> its logits at the positions that predict y's tokens.
 Teacher: chat(x) + y + sep P_r sep + y       -> its logits at the positions that predict the SECOND y.
+(SDFT's teacher instead reads chat(x + demonstration) + y: `build_context_pair`.)
 Row j of both predicts token y[j], so the divergence is taken row by row with no generation by the
 teacher. `end_ids` (the end-of-turn token, when the student stopped by itself) are appended to the student's
 y and to the teacher's second copy only: the teacher's first copy is the draft as the reviser saw it in
@@ -57,3 +58,20 @@ def build_aligned_pair(prompt_ids: list[int], response_ids: list[int], suffix_id
         teacher_positions=list(range(second - 1, second - 1 + len(targets))),
         target_ids=targets,
     )
+
+
+def build_context_pair(student_prompt_ids: list[int], teacher_prompt_ids: list[int], response_ids: list[int],
+                       max_teacher_tokens: int, end_ids: list[int] | tuple[int, ...] = ()) -> AlignedPair:
+    """Student chat(x) + y, teacher <its own prompt> + y: the same y after two different contexts (SDFT)."""
+    room = max_teacher_tokens - len(teacher_prompt_ids) - len(end_ids)
+    if room < 1:
+        raise SDZeroError(f"the teacher's {len(teacher_prompt_ids)}-token prompt leaves no room for the response "
+                          f"under max_teacher_tokens={max_teacher_tokens}; raise the limit")
+    y = list(response_ids[:room])
+    if len(y) < len(response_ids):
+        end_ids = ()
+    targets = y + list(end_ids)
+    s, t = len(student_prompt_ids), len(teacher_prompt_ids)
+    return AlignedPair(student_ids=list(student_prompt_ids) + targets, teacher_ids=list(teacher_prompt_ids) + targets,
+                       student_positions=list(range(s - 1, s - 1 + len(targets))),
+                       teacher_positions=list(range(t - 1, t - 1 + len(targets))), target_ids=targets)

@@ -140,8 +140,24 @@ def cmd_run(argv: list[str]) -> int:
     return 0
 
 
+def cmd_compare(argv: list[str]) -> int:
+    from sdzero.compare import CompareConfig, run_compare
+    from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig
+    from sdzero.pipeline import RUN_DEFAULTS, RunConfig
+
+    mc, tc, gc, rc, run_cfg, cfg = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, RunConfig,
+                                           CompareConfig), argv, "sdzero compare",
+                                          defaults={**RUN_DEFAULTS, "output_dir": "outputs/compare"})
+    print(f"[sdzero] compare on {tc.task}: seeds {cfg.seeds}; base, SRT, SD-Zero and {cfg.methods} -> "
+          f"{run_cfg.output_dir}", file=sys.stderr, flush=True)
+    run_compare(mc, tc, gc, rc, run_cfg, cfg)
+    print(f"report: {run_cfg.output_dir}/report/results.md")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run": (cmd_run, "the whole pipeline: eval base, Phase 1, eval, Phase 2, eval, report (the main job)"),
+    "compare": (cmd_compare, "base, RFT, GRPO, SDFT, SRT and SD-Zero at matched generation budgets, over seeds"),
     "eval": (cmd_eval, "evaluate a model: avg@k, pass@k, greedy accuracy, correction rate, response length"),
     "collect": (cmd_collect, "Phase 1a: drafts, verified revisions, kept self-revision tuples"),
     "srt": (cmd_srt, "Phase 1b: Self-Revision Training on the kept tuples (L_revision + L_generation)"),

@@ -341,6 +341,7 @@ class DistillTrainer:
             raise SDZeroError("Phase 2 has no questions: set --phase2_size")
         self.cfg, self.task, self.questions, self.sampling = cfg, task, list(questions), sampling
         self.phrases, self.model_name = phrases, model_name
+        self.system_prompt = system_prompt
         self.generation_backend, self.generation_batch_size = generation_backend, generation_batch_size
         self.seed = seed  # one seed (the generation config's): question order, sampling, adapter initialisation
         trackers = _trackers(cfg.report_to)
@@ -476,18 +477,26 @@ class DistillTrainer:
         rewards = self.task.rewards([(self.questions[i], c.text) for i, c in zip(flat_idx, flat)])
         return flat_idx, flat, rewards
 
+    def make_pair(self, i: int, completion: Any, reward: float) -> Any:
+        """Student and teacher sequences for question i's response: here, the reviser's context (SD-Zero)."""
+        from sdzero.alignment import build_aligned_pair
+
+        return build_aligned_pair(self.prompt_ids[i], completion.ids, self.suffix[1.0 if reward >= 1.0 else 0.0],
+                                  self.cfg.max_teacher_tokens, end_ids=self._end_ids(completion))
+
+    def _end_ids(self, completion: Any) -> list[int]:
+        # The end-of-turn token the student sampled is a prediction too; a response cut at the cap has none.
+        return [completion.stop_id if completion.stop_id is not None else self.eot] \
+            if completion.finish_reason == "stop" else []
+
     def train_step(self, step: int) -> dict[str, Any]:
         import torch
-
-        from sdzero.alignment import build_aligned_pair
 
         cfg = self.cfg
         t0 = time.perf_counter()
         idx, completions, rewards = self.rollouts(step)
         t_gen = time.perf_counter() - t0
-        pairs = [build_aligned_pair(self.prompt_ids[i], c.ids, self.suffix[1.0 if r >= 1.0 else 0.0],
-                                    cfg.max_teacher_tokens, end_ids=[self.eot] if c.finish_reason == "stop" else [])
-                 for i, c, r in zip(idx, completions, rewards)]
+        pairs = [self.make_pair(i, c, r) for i, c, r in zip(idx, completions, rewards)]
         device = self.acc.device
         counted = [not (cfg.skip_truncated and c.finish_reason == "length") for c in completions]
         local_tokens = torch.tensor(float(sum(p.num_tokens for p, k in zip(pairs, counted) if k)), device=device)
@@ -706,7 +715,7 @@ def _pick_selfloc(rewards: Sequence[float], n: int) -> set[int]:
 
 def run_distill(model_name: str, task: Any, questions: Sequence[Any], cfg: DistillConfig, sampling: Any,
                 phrases: Any, system_prompt: str | None = None, generation_backend: str = "hf",
-                generation_batch_size: int = 32, seed: int = 0) -> dict[str, Any]:
+                generation_batch_size: int = 32, seed: int = 0, trainer_class: type | None = None) -> dict[str, Any]:
     """Train (resuming when a checkpoint exists) and save OUTPUT_DIR/model; returns a summary."""
     from sdzero.config import read_meta
 
@@ -716,8 +725,8 @@ def run_distill(model_name: str, task: Any, questions: Sequence[Any], cfg: Disti
         print(f"[distill] {cfg.output_dir}/model is already trained; nothing to do (--resume false retrains)",
               flush=True)
         return done
-    trainer = DistillTrainer(model_name, task, questions, cfg, sampling, phrases, system_prompt, generation_backend,
-                             generation_batch_size, seed)
+    trainer = (trainer_class or DistillTrainer)(model_name, task, questions, cfg, sampling, phrases, system_prompt,
+                                                generation_backend, generation_batch_size, seed)
     try:
         result = trainer.train()
         if not result["finished"]:

@@ -44,6 +44,7 @@ class Completion:
     ids: list[int]  # generated ids, the stop token excluded
     text: str
     finish_reason: Literal["stop", "length"]
+    stop_id: int | None = None  # the stop token that ended it (not in `ids`), None when cut at the cap
 
     @property
     def num_tokens(self) -> int:
@@ -297,7 +298,7 @@ def _trim_at_stop(row: Sequence[int], stop_ids: Sequence[int], tokenizer: Any) -
     for i, t in enumerate(row):
         if t in stops:
             ids = list(row[:i])
-            return Completion(ids, tokenizer.decode(ids, skip_special_tokens=True), "stop")
+            return Completion(ids, tokenizer.decode(ids, skip_special_tokens=True), "stop", int(t))
     return Completion(list(row), tokenizer.decode(list(row), skip_special_tokens=True), "length")
 
 

@@ -115,10 +115,12 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = _state(out)
-    settings = json.loads(json.dumps({**asdict(mc), **asdict(tc), **asdict(gc), **asdict(rc),
-                                      **{k: v for k, v in asdict(cfg).items() if k != "stop_after"}}))
-    if state.setdefault("settings", settings) != settings:
-        changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+    # What the finished stages depend on; not where the run lives (a run folder may be moved) or where it stops.
+    own = {k: v for k, v in asdict(cfg).items() if k not in ("stop_after", "output_dir")}
+    settings = json.loads(json.dumps({**asdict(mc), **asdict(tc), **asdict(gc), **asdict(rc), **own}))
+    stored = {k: v for k, v in state.setdefault("settings", settings).items() if k != "output_dir"}  # older runs
+    if stored != settings:
+        changed = sorted(k for k in set(settings) | set(stored) if stored.get(k) != settings.get(k))
         raise SDZeroError(f"{out} holds a run made with other settings ({', '.join(changed)}); finished stages "
                           "would be reused with the new ones. Use another --output_dir, or delete this one")
     task = load_task(tc)

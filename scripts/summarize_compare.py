@@ -1,0 +1,27 @@
+"""Rebuild and print the `sdzero compare` table from a compare folder (every seed-N found in it).
+
+    python scripts/summarize_compare.py outputs/compare
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from sdzero.compare import BASELINES, write_compare_report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder")
+    out = Path(ap.parse_args().folder)
+    seeds = sorted(int(p.name.split("-", 1)[1]) for p in out.glob("seed-*") if p.is_dir())
+    methods = set()
+    for s in seeds:
+        f = out / f"seed-{s}" / "baselines.json"
+        if f.is_file():
+            methods |= set(json.loads(f.read_text()))
+    write_compare_report(out, seeds, [m for m in BASELINES if m in methods])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Baselines (RFT, GRPO, SDFT), the generation budget they share, and `sdzero compare`, on a tiny model."""
+
+import json
+
+import parity_task  # noqa: F401  (registers the parity: task)
+import pytest
+import torch
+
+from sdzero.budget import GenerationBudget
+from sdzero.errors import SDZeroError
+from sdzero.generation import Completion, SamplingParams
+
+SAMPLING = SamplingParams(max_new_tokens=8, temperature=1.0)
+
+
+@pytest.fixture
+def parity():
+    from parity_task import ParityTask
+
+    return ParityTask()
+
+
+def test_budget_counts_and_refuses_to_be_overspent():
+    b = GenerationBudget(10)
+    assert b.take(4) == 4
+    b.spend([Completion([1, 2, 3], "abc", "stop"), [5, 6]], "x")  # completions or bare id lists
+    assert (b.generations, b.sampled_tokens, b.remaining) == (2, 5, 8)
+    assert b.take(20) == 8
+    b.charge(8, 40)
+    assert b.exhausted and b.take(3) == 0
+    with pytest.raises(SDZeroError, match="past its budget"):
+        b.charge(1, 1)
+    assert GenerationBudget().take(10**6) == 10**6  # no limit: only counted
+    with pytest.raises(SDZeroError):
+        GenerationBudget(0)
+
+
+def test_rft_keeps_only_verified_distinct_samples():
+    from sdzero.baselines.rft import select_correct
+    from sdzero.tasks.base import Question
+
+    qs = [Question("a", "q a", "1"), Question("b", "q b", "2")]
+    c = lambda ids, how="stop": Completion(ids, "t", how)  # noqa: E731
+    completions = [[c([1]), c([1]), c([2]), c([3], "length")], [c([4]), c([5]), c([6]), c([7])]]
+    rewards = [[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    kept = select_correct(qs, completions, rewards)
+    assert [(k["question_id"], k["response_ids"]) for k in kept] == [("a", [1])]  # duplicate and cut one dropped
+    kept = select_correct(qs, completions, rewards, drop_truncated=False)
+    assert [k["response_ids"] for k in kept] == [[1], [3]]
+
+
+def test_each_method_stops_at_the_same_generation_count(tiny_model_dir, tmp_path, parity):
+    """RFT, GRPO and SDFT given one budget each spend exactly that many generations, counted one way."""
+    from sdzero.baselines.grpo import GRPOBaselineConfig, run_grpo
+    from sdzero.baselines.rft import RFTConfig, run_rft
+    from sdzero.baselines.sdft import SDFTConfig, run_sdft
+
+    questions = parity.split({"train": 12})["train"]
+    spent = {}
+    budget = GenerationBudget(16)
+    summary = run_rft(str(tiny_model_dir), parity, questions, RFTConfig(output_dir=str(tmp_path / "rft"),
+                      drop_truncated=False, num_train_epochs=1), SAMPLING, budget, dtype="fp32")
+    spent["rft"] = budget.generations
+    kept = [json.loads(x) for x in (tmp_path / "rft" / "samples.jsonl").read_text().splitlines()]
+    by_id = {q.id: q for q in questions}
+    assert kept and len(kept) == summary["kept"]
+    assert all(parity.reward(by_id[k["question_id"]], k["response"]) == 1.0 for k in kept)  # only verified ones
+    assert (tmp_path / "rft" / "model" / "config.json").is_file()
+
+    budget = GenerationBudget(16)
+    cfg = GRPOBaselineConfig(output_dir=str(tmp_path / "grpo"), questions_per_step=2, num_generations=4,
+                             micro_batch_size=4, precision="fp32")
+    summary = run_grpo(str(tiny_model_dir), parity, questions, cfg, SAMPLING, budget)
+    spent["grpo"] = budget.generations
+    assert summary["steps"] == 2 and len(summary["history"]) == 2
+    assert (tmp_path / "grpo" / "model" / "config.json").is_file()
+
+    budget = GenerationBudget(16)
+    scfg = SDFTConfig(output_dir=str(tmp_path / "sdft"), max_steps=16 // 4, questions_per_step=4, warmup_steps=0,
+                      precision="fp32", selfloc_samples=0)
+    summary = run_sdft(str(tiny_model_dir), parity, questions, scfg, SAMPLING)
+    budget.charge(4 * len(summary["history"]), 0, "sdft")
+    spent["sdft"] = budget.generations
+    assert spent == {"rft": 16, "grpo": 16, "sdft": 16}
+    with pytest.raises(SDZeroError, match="less than one GRPO step"):
+        cfg.steps_for(7)
+
+
+def test_zero_variance_groups_have_zero_advantage_and_leave_the_loss(tiny_model_dir, tmp_path, parity):
+    from sdzero.baselines.grpo import GRPOBaselineConfig, _trainer_class, drop_zero_variance_rows, grpo_dataset
+
+    adv = torch.tensor([0.0, 0.0, 1.2, -1.2])
+    mask = torch.ones(4, 3, dtype=torch.long)
+    assert drop_zero_variance_rows(adv, mask).sum(1).tolist() == [0, 0, 3, 3]
+
+    from trl import GRPOConfig
+
+    questions = parity.split({"train": 6})["train"]
+    seen_rewards = []
+
+    def reward(prompts, completions, completion_ids, question_index, **kw):
+        # Question 0 mod 3: always right, 1 mod 3: always wrong (zero variance); else parity of the text.
+        out = [1.0 if i % 3 == 0 else 0.0 if i % 3 == 1 else float(len(c[-1]["content"]) % 2 == 0)
+               for i, c in zip(question_index, completions)]
+        seen_rewards.append(out)
+        return out
+
+    cfg = GRPOBaselineConfig()
+    args = GRPOConfig(output_dir=str(tmp_path / "ckpt"), max_steps=2, per_device_train_batch_size=12,
+                      num_generations=4, max_completion_length=6, learning_rate=1e-4, loss_type=cfg.loss_type,
+                      epsilon_high=cfg.epsilon_high, beta=0.0, top_k=0, use_cpu=True, report_to=[], save_strategy="no",
+                      logging_steps=1, seed=0)
+    from sdzero.models import load_model, load_tokenizer
+
+    trainer = _trainer_class()(model=load_model(str(tiny_model_dir), dtype="fp32"), reward_funcs=reward, args=args,
+                               train_dataset=grpo_dataset(questions), processing_class=load_tokenizer(
+                                   str(tiny_model_dir)))
+    trainer.sdzero_trace = []
+    trainer.train()
+    assert len(trainer.sdzero_trace) == 2 and len(seen_rewards) == 2
+    some_zero = some_live = False
+    for rewards, batch in zip(seen_rewards, trainer.sdzero_trace):
+        for g in range(0, len(rewards), 4):  # TRL puts a question's group on consecutive rows
+            group = rewards[g : g + 4]
+            zero_var = len(set(group)) == 1
+            assert all((a == 0.0) == zero_var for a in batch["advantages"][g : g + 4])
+            assert all(live == (not zero_var) for live in batch["rows_in_loss"][g : g + 4])
+            some_zero |= zero_var
+            some_live |= not zero_var
+    assert some_zero and some_live  # both kinds of group were exercised
+
+
+def test_sdft_teacher_reads_the_demonstration_and_scores_the_same_response(tokenizer):
+    from sdzero.alignment import build_context_pair
+    from sdzero.baselines.sdft import SDFTConfig, teacher_message
+    from sdzero.chat import chat_prompt_ids
+    from sdzero.tasks.base import Question
+
+    cfg = SDFTConfig()
+    q = Question("q", "What is 2+3?", "5")
+    assert "The final answer is 5." in teacher_message(q, cfg) and "What is 2+3?" in teacher_message(q, cfg)
+    q_sol = Question("q", "What is 2+3?", "5", solution="2+3 = 5, so 5.")
+    assert "2+3 = 5, so 5." in teacher_message(q_sol, cfg) and "final answer is" not in teacher_message(q_sol, cfg)
+    student_prompt = chat_prompt_ids(tokenizer, q.prompt)
+    teacher_prompt = chat_prompt_ids(tokenizer, teacher_message(q, cfg))
+    y = [70, 71, 72]
+    pair = build_context_pair(student_prompt, teacher_prompt, y, 4096, end_ids=[tokenizer.eos_token_id])
+    assert pair.target_ids == y + [tokenizer.eos_token_id]
+    # Row j of each side predicts target j: the token right after that position is the target.
+    assert [pair.student_ids[p + 1] for p in pair.student_positions] == pair.target_ids
+    assert [pair.teacher_ids[p + 1] for p in pair.teacher_positions] == pair.target_ids
+    assert "final answer is 5" in tokenizer.decode(pair.teacher_ids)
+    cut = build_context_pair(student_prompt, teacher_prompt, y, len(teacher_prompt) + 3, end_ids=[0])
+    assert cut.target_ids == y[:2]  # room for 2 of 3 tokens (the end token reserved): cut, so no end token
+    with pytest.raises(SDZeroError, match="demonstration_template must contain"):
+        SDFTConfig(demonstration_template="no placeholders").validate()
+
+
+def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_path, capsys):
+    from test_pipeline import ARGS
+
+    from sdzero.cli import main
+
+    out = tmp_path / "cmp"
+    argv = ["compare", "--model", str(tiny_model_dir), "--output_dir", str(out), "--seeds", "0",
+            "--grpo_questions_per_step", "2", "--sdft_questions_per_step", "4", *ARGS]
+    assert main(argv) == 0
+    seed = out / "seed-0"
+    stages = json.loads((seed / "sdzero" / "stages.json").read_text())
+    sdzero_spent = stages["collect"]["generations"] + stages["distill"]["generations"]
+    state = json.loads((seed / "baselines.json").read_text())
+    for m in ("rft", "grpo", "sdft"):
+        assert state[m]["budget"] == sdzero_spent  # matched budgets
+        assert state[m]["generations"] <= sdzero_spent
+        assert (seed / f"eval-{m}.json").is_file()
+    assert state["sdft"]["generations"] == sdzero_spent  # 40 = 10 steps x 4
+    report = (out / "report" / "results.md").read_text()
+    for label in ("Base", "RFT", "GRPO", "SDFT", "SRT", "SD-Zero"):
+        assert f"| {label} (1 seeds) |" in report
+    assert (out / "report" / "accuracy-vs-generations.png").is_file()
+    capsys.readouterr()
+    assert main(argv) == 0  # started again: nothing redone
+    assert capsys.readouterr().out.count("done before, skipped") == 3
