@@ -1,6 +1,7 @@
 """Rebuild and print the `sdzero compare` table from a compare folder (every seed-N found in it).
 
     python scripts/summarize_compare.py outputs/compare
+    python scripts/summarize_compare.py outputs/compare --seeds 0      # only these seeds
 """
 
 import argparse
@@ -13,8 +14,11 @@ from sdzero.compare import BASELINES, write_compare_report
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder")
-    out = Path(ap.parse_args().folder)
-    seeds = sorted(int(p.name.split("-", 1)[1]) for p in out.glob("seed-*") if p.is_dir())
+    ap.add_argument("--seeds", default=None, help="comma-separated; default: every seed-N folder")
+    args = ap.parse_args()
+    out = Path(args.folder)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else \
+        sorted(int(p.name.split("-", 1)[1]) for p in out.glob("seed-*") if p.is_dir())
     methods = set()
     for s in seeds:
         f = out / f"seed-{s}" / "baselines.json"

@@ -176,7 +176,7 @@ def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_
     assert state["sdft"]["generations"] == sdzero_spent  # 40 = 10 steps x 4
     report = (out / "report" / "results.md").read_text()
     for label in ("Base", "RFT", "GRPO", "SDFT", "SRT", "SD-Zero"):
-        assert f"| {label} (1 seeds) |" in report
+        assert f"| {label} (1 seed) |" in report
     assert (out / "report" / "accuracy-vs-generations.png").is_file()
     capsys.readouterr()
     assert main(argv) == 0  # started again: nothing redone

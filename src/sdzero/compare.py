@@ -248,8 +248,9 @@ def write_compare_report(out: Path, seeds: list[int], methods: list[str]) -> dic
         entry.update({"train_generations": gens, "train_sampled_tokens": toks, "train_minutes": mins,
                       "seeds": sorted(per_seed)})
         summary[method] = entry
-        lines.append(f"| {LABELS[method]} ({len(per_seed)} seeds) | " + " | ".join(cells) +
-                     f" | {gens:.0f} | {toks:.0f} | {mins:.1f} |")
+        seeds_note = f"{len(per_seed)} seed" + ("" if len(per_seed) == 1 else "s")
+        lines.append(f"| {LABELS[method]} ({seeds_note}) | " + " | ".join(cells)
+                     + f" | {gens:.0f} | {toks:.0f} | {mins:.1f} |")
     lines += ["", "Accuracies in points (x100). Per-seed values are in results.json."]
     if "sdzero" in summary:
         lines += ["", f"SD-Zero minus each method, held-out avg@{k} (points, mean over seeds):"]
