@@ -116,13 +116,7 @@ class HFGenerator(Generator):
         cache = mask = next_pos = logits = None
 
         def prefill(group: list[tuple[int, int]]) -> tuple[Any, Any, Any, Any]:
-            width = max(len(prompts[i]) for i, _ in group)
-            ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
-            m = torch.zeros((len(group), width), dtype=torch.long)
-            for r, (i, _) in enumerate(group):
-                ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                m[r, width - len(prompts[i]) :] = 1
-            ids, m = ids.to(device), m.to(device)
+            ids, m = (t.to(device) for t in _left_pad([prompts[i] for i, _ in group], self.pad_id))
             pos = (m.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
             c = DynamicCache()
             lg = self.model(input_ids=ids, attention_mask=m, position_ids=pos, past_key_values=c, use_cache=True,
@@ -203,12 +197,8 @@ class HFGenerator(Generator):
             else:
                 for b, start in enumerate(range(0, len(items), self.batch_size)):
                     batch = items[start : start + self.batch_size]
-                    width = max(len(prompts[i]) for i, _ in batch)
-                    input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                    mask = torch.zeros((len(batch), width), dtype=torch.long)
-                    for r, (i, _) in enumerate(batch):
-                        input_ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                        mask[r, width - len(prompts[i]) :] = 1
+                    input_ids, mask = _left_pad([prompts[i] for i, _ in batch], self.pad_id)
+                    width = input_ids.shape[1]
                     torch.manual_seed(seed * 1_000_003 + b)
                     with torch.no_grad():
                         seqs = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
@@ -220,6 +210,19 @@ class HFGenerator(Generator):
             bar.close()
             self.model.train(was_training)
         return out  # type: ignore[return-value]
+
+
+def _left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """Left-padded ids and attention mask: every prompt ends at the last column, where generation starts."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, width - len(s) :] = torch.tensor(s)
+        mask[r, width - len(s) :] = 1
+    return ids, mask
 
 
 def _sample(logits: Any, temperature: float, top_p: float, generator: Any = None) -> Any:
