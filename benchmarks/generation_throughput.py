@@ -5,7 +5,8 @@
 
 Same model, prompts, batch size, cap and temperature for both; the two decoders alternate (compact,
 generate, compact, generate, ...) so that machine noise hits both alike. Prints responses/s and
-response tokens/s of each, and the ratio.
+response tokens/s of each, and the ratio; then the cost of one decoding step at batch 1 and at the batch
+size, which is why the compact decoder refills its batch instead of letting it shrink.
 """
 
 from __future__ import annotations
@@ -53,6 +54,26 @@ def main() -> None:
               f"mean length {t['tokens'] / t['seqs']:.1f}  at the cap {t['capped'] / t['seqs']:.0%}")
     c, g = totals["compact"], totals["generate"]
     print(f"compact / generate: {(c['seqs'] / c['s']) / (g['seqs'] / g['s']):.2f}x responses/s")
+    # Why a batch that shrinks is wasteful: one decoding step costs nearly as much for 1 row as for a full batch.
+    one, full = step_ms(model, 1), step_ms(model, args.batch_size)
+    print(f"one decoding step (60-token context): {one:.0f} ms at batch 1, {full:.0f} ms at batch "
+          f"{args.batch_size} ({full / one:.1f}x the time for {args.batch_size}x the rows)")
+
+
+def step_ms(model, batch: int, context: int = 60, steps: int = 20) -> float:
+    """Mean milliseconds of one cached decoding step (no sampling) at this batch size."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 1000, (batch, context)), past_key_values=cache, use_cache=True,
+              logits_to_keep=1)
+        token = torch.randint(0, 1000, (batch, 1))
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            model(input_ids=token, past_key_values=cache, use_cache=True)
+    return (time.perf_counter() - t0) / steps * 1000
 
 
 if __name__ == "__main__":

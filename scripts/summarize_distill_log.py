@@ -15,7 +15,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=5)
     args = ap.parse_args()
     with open(args.log) as f:
-        print(format_history([json.loads(line) for line in f], args.window))
+        print(format_history([json.loads(line) for line in f if line.strip()], args.window))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ def main() -> None:
     runs = [Path(r) for r in ap.parse_args().runs]
     tables = {r: results_table(r) for r in runs}
     k = next(m["samples_per_question"] for t in tables.values() for m in t.values())
-    keys = [f"avg@{k}", "greedy_accuracy", f"pass@{k}", "correction_rate", "right_to_right", "mean_response_tokens"]
+    keys = [f"avg@{k}", "greedy_accuracy", f"pass@{k}", "correction_rate", "resample_accuracy_on_wrong",
+            "right_to_right", "mean_response_tokens"]
     print("| run | model | " + " | ".join(keys) + " | wall time |")
     print("|---|---|" + "---|" * (len(keys) + 1))
     for r, table in tables.items():

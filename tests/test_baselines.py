@@ -54,6 +54,7 @@ def test_each_method_stops_at_the_same_generation_count(tiny_model_dir, tmp_path
     from sdzero.baselines.grpo import GRPOBaselineConfig, run_grpo
     from sdzero.baselines.rft import RFTConfig, run_rft
     from sdzero.baselines.sdft import SDFTConfig, run_sdft
+    from sdzero.distill import history_totals
 
     questions = parity.split({"train": 12})["train"]
     spent = {}
@@ -79,7 +80,9 @@ def test_each_method_stops_at_the_same_generation_count(tiny_model_dir, tmp_path
     scfg = SDFTConfig(output_dir=str(tmp_path / "sdft"), max_steps=16 // 4, questions_per_step=4, warmup_steps=0,
                       precision="fp32", selfloc_samples=0)
     summary = run_sdft(str(tiny_model_dir), parity, questions, scfg, SAMPLING)
-    budget.charge(4 * len(summary["history"]), 0, "sdft")
+    totals = history_totals(summary["history"])  # what the trainer recorded sampling, step by step
+    assert totals["sampled_tokens"] > 0
+    budget.charge(totals["responses"], totals["sampled_tokens"], "sdft")
     spent["sdft"] = budget.generations
     assert spent == {"rft": 16, "grpo": 16, "sdft": 16}
     with pytest.raises(SDZeroError, match="less than one GRPO step"):

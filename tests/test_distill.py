@@ -384,5 +384,7 @@ def test_concentration_and_the_heat_map_page():
             {"question": "q<2>", "reward": 0.0, "tokens": ["x", "\n", "y"], "kl": [0.0, 2.0, 0.01]}]
     s = summarize(rows)
     assert s["correct_responses"] == 1 and s["wrong_mean_kl"] == pytest.approx(2.01 / 3)
+    assert s["first_token_is_max"] == 1  # the correct one (a tie at its first token); the wrong one peaks at "\n"
+    assert s["first_token_mean_kl"] == pytest.approx(0.05) and s["later_tokens_mean_kl"] == pytest.approx(2.11 / 3)
     page = render_html(rows, "t")
     assert "q&lt;2&gt;" in page and page.count('<div class="resp">') == 2 and "KL 2.0000" in page

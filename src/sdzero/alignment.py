@@ -43,21 +43,8 @@ def build_aligned_pair(prompt_ids: list[int], response_ids: list[int], suffix_id
             f"({len(suffix_ids)} tokens) leaves no room for the response under max_teacher_tokens="
             f"{max_teacher_tokens}; the question is never truncated, so raise the limit"
         )
-    y = list(response_ids[:room])
-    if len(y) < len(response_ids):
-        end_ids = ()  # a cut response did not end there: predicting the end token would be wrong
-    targets = y + list(end_ids)
-    p = len(prompt_ids)
-    student = list(prompt_ids) + targets
-    teacher = list(prompt_ids) + y + list(suffix_ids) + targets
-    second = p + len(y) + len(suffix_ids)  # index of the first token of the second copy
-    return AlignedPair(
-        student_ids=student,
-        teacher_ids=teacher,
-        student_positions=list(range(p - 1, p - 1 + len(targets))),
-        teacher_positions=list(range(second - 1, second - 1 + len(targets))),
-        target_ids=targets,
-    )
+    y, targets = _cut(response_ids, room, end_ids)
+    return _pair(prompt_ids, list(prompt_ids) + y + list(suffix_ids), targets)
 
 
 def build_context_pair(student_prompt_ids: list[int], teacher_prompt_ids: list[int], response_ids: list[int],
@@ -67,11 +54,19 @@ def build_context_pair(student_prompt_ids: list[int], teacher_prompt_ids: list[i
     if room < 1:
         raise SDZeroError(f"the teacher's {len(teacher_prompt_ids)}-token prompt leaves no room for the response "
                           f"under max_teacher_tokens={max_teacher_tokens}; raise the limit")
+    return _pair(student_prompt_ids, teacher_prompt_ids, _cut(response_ids, room, end_ids)[1])
+
+
+def _cut(response_ids: list[int], room: int, end_ids: list[int] | tuple[int, ...]) -> tuple[list[int], list[int]]:
+    """y cut to `room` tokens, and the targets: y, then end_ids unless y was cut (a cut response did not end
+    there: predicting the end token would be wrong)."""
     y = list(response_ids[:room])
-    if len(y) < len(response_ids):
-        end_ids = ()
-    targets = y + list(end_ids)
-    s, t = len(student_prompt_ids), len(teacher_prompt_ids)
-    return AlignedPair(student_ids=list(student_prompt_ids) + targets, teacher_ids=list(teacher_prompt_ids) + targets,
+    return y, y + (list(end_ids) if len(y) == len(response_ids) else [])
+
+
+def _pair(student_prefix: list[int], teacher_prefix: list[int], targets: list[int]) -> AlignedPair:
+    """Both sequences are their prefix + targets; the row before each target predicts it."""
+    s, t = len(student_prefix), len(teacher_prefix)
+    return AlignedPair(student_ids=list(student_prefix) + targets, teacher_ids=list(teacher_prefix) + targets,
                        student_positions=list(range(s - 1, s - 1 + len(targets))),
                        teacher_positions=list(range(t - 1, t - 1 + len(targets))), target_ids=targets)

@@ -9,7 +9,7 @@ was actually sampled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from sdzero.errors import SDZeroError
@@ -20,7 +20,6 @@ class GenerationBudget:
     max_generations: int | None = None  # None: unlimited (only counted)
     generations: int = 0
     sampled_tokens: int = 0
-    log: list[dict[str, Any]] = field(default_factory=list)  # (what, generations, tokens) per spend
 
     def __post_init__(self) -> None:
         if self.max_generations is not None and self.max_generations < 1:
@@ -53,8 +52,6 @@ class GenerationBudget:
                               f"{self.max_generations} generations (call take() before sampling)")
         self.generations += generations
         self.sampled_tokens += sampled_tokens
-        self.log.append({"what": what, "generations": generations, "sampled_tokens": sampled_tokens,
-                         "total_generations": self.generations})
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_generations": self.max_generations, "generations": self.generations,

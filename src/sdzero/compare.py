@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sdzero.distill import history_totals, read_history, reward_curve
 from sdzero.errors import SDZeroError
 from sdzero.files import atomic_write_json, atomic_write_text
 
@@ -153,11 +154,10 @@ def run_baseline(method: str, folder: Path, seed: int, budget_generations: int, 
                           teacher=cfg.sdft_teacher, skip_truncated=run_cfg.distill_skip_truncated,
                           max_teacher_tokens=run_cfg.distill_max_teacher_tokens)
         run_sdft(mc.model, task, train_questions, scfg, sampling, tc.system_prompt, gc.backend, gc.batch_size, seed)
-        log = target / "log.jsonl"  # also there when the model was trained before (the summary has no history)
-        history = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
-        n = cfg.sdft_questions_per_step
-        budget.charge(n * len(history), round(sum(h["response_length"] * n for h in history)), "sdft rollouts")
-        curve = [{"generations": (i + 1) * n, "train_accuracy": h["reward"]} for i, h in enumerate(history)]
+        history = read_history(target)
+        totals = history_totals(history)
+        budget.charge(totals["responses"], totals["sampled_tokens"], "sdft rollouts")
+        curve = reward_curve(history)
     else:
         raise SDZeroError(f"unknown method {method!r}")
     train_s = time.perf_counter() - t0
@@ -201,11 +201,8 @@ def collect_rows(out: Path, seeds: list[int], methods: list[str]) -> dict[str, d
                  "sdzero": (run_dir / "eval-sdzero.json", p1 + p2, t1 + t2,
                             sum(stages.get(s, {}).get("seconds", 0) for s in ("collect", "srt", "distill")))}
         base_state = _state(folder)
-        log = run_dir / "distill" / "log.jsonl"
-        hist = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
-        per_step = p2 // len(hist) if hist else 0
-        sdzero_curve = [{"generations": p1 + (i + 1) * per_step, "train_accuracy": h["reward"]}
-                        for i, h in enumerate(hist)]
+        hist = read_history(run_dir / "distill")
+        sdzero_curve = reward_curve(hist, start=p1, per_step=p2 // len(hist) if hist else 0)
         for m in methods:
             if m in base_state:
                 s = base_state[m]
@@ -217,6 +214,7 @@ def collect_rows(out: Path, seeds: list[int], methods: list[str]) -> dict[str, d
             rows.setdefault(method, {"seeds": {}})["seeds"][seed] = {
                 **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                 "train_generations": gens, "train_sampled_tokens": tokens, "train_seconds": seconds,
+                "eval_seconds": metrics.get("wall_seconds", 0.0),
                 "curve": sdzero_curve if method == "sdzero" else base_state.get(method, {}).get("curve", [])}
     return rows
 
@@ -230,9 +228,10 @@ def write_compare_report(out: Path, seeds: list[int], methods: list[str]) -> dic
             (f"pass@{k}", f"pass@{k}"), ("mean_response_tokens", "mean response tokens")]
     lines = [f"# sdzero compare: seeds {', '.join(map(str, seeds))}", "",
              "Mean ± standard deviation over seeds (sample std; one seed: no spread). Training generations: "
-             "responses sampled for training (held-out evaluation not counted).", "",
+             "responses sampled for training (held-out evaluation not counted). Minutes: wall time of the training "
+             "stages, and of the held-out evaluation (the run's own evaluations include the revision pass).", "",
              "| method | " + " | ".join(label for _, label in keys) + " | training generations | training tokens "
-             "| training min |", "|---|" + "---|" * (len(keys) + 3)]
+             "| training min | eval min |", "|---|" + "---|" * (len(keys) + 4)]
     summary: dict[str, Any] = {}
     for method in [m for m in ROW_ORDER if m in rows]:
         per_seed = rows[method]["seeds"]
@@ -245,12 +244,13 @@ def write_compare_report(out: Path, seeds: list[int], methods: list[str]) -> dic
         gens = _mean_std([v["train_generations"] for v in per_seed.values()])[0]
         toks = _mean_std([v["train_sampled_tokens"] for v in per_seed.values()])[0]
         mins = _mean_std([v["train_seconds"] / 60 for v in per_seed.values()])[0]
+        eval_mins = _mean_std([v["eval_seconds"] / 60 for v in per_seed.values()])[0]
         entry.update({"train_generations": gens, "train_sampled_tokens": toks, "train_minutes": mins,
-                      "seeds": sorted(per_seed)})
+                      "eval_minutes": eval_mins, "seeds": sorted(per_seed)})
         summary[method] = entry
         seeds_note = f"{len(per_seed)} seed" + ("" if len(per_seed) == 1 else "s")
         lines.append(f"| {LABELS[method]} ({seeds_note}) | " + " | ".join(cells)
-                     + f" | {gens:.0f} | {toks:.0f} | {mins:.1f} |")
+                     + f" | {gens:.0f} | {toks:.0f} | {mins:.1f} | {eval_mins:.1f} |")
     lines += ["", "Accuracies in points (x100). Per-seed values are in results.json."]
     if "sdzero" in summary:
         lines += ["", f"SD-Zero minus each method, held-out avg@{k} (points, mean over seeds):"]

@@ -566,6 +566,8 @@ class DistillTrainer:
             "reward": stats[1].item() / n,
             "response_length": stats[2].item() / n,
             "clipped_share": stats[3].item() / n,
+            "responses": int(n),  # sampled this step, all processes: the generation budget's unit
+            "sampled_tokens": int(stats[2].item()),
             "kl_correct": sums[0].item() / sums[1].item() if sums[1].item() else None,
             "kl_wrong": sums[2].item() / sums[3].item() if sums[3].item() else None,
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
@@ -750,9 +752,29 @@ def summarize_history(history: Sequence[dict[str, Any]], window: int = 5) -> dic
     return {k: {"first": mean(first, k), "last": mean(last, k)} for k in keys}
 
 
+def read_history(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-step log of a Phase-2 run (OUTPUT_DIR/log.jsonl; also there when the model was trained before)."""
+    log = Path(output_dir) / "log.jsonl"
+    return [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+
+
+def reward_curve(history: Sequence[dict[str, Any]], start: int = 0,
+                 per_step: int = 0) -> list[dict[str, Any]]:
+    """Per step: generations spent so far (from `start`) and the step's reward (accuracy of its own rollouts).
+    `per_step` stands in for logs written before steps recorded `responses`."""
+    out, spent = [], start
+    for h in history:
+        spent += h.get("responses", per_step)
+        out.append({"generations": spent, "train_accuracy": h["reward"]})
+    return out
+
+
 def history_totals(history: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Steps, wall minutes and the minutes of those spent generating rollouts."""
-    return {"steps": len(history), "minutes": sum(h["step_s"] for h in history) / 60,
+    """Steps, responses and tokens sampled, wall minutes and the minutes of those spent generating rollouts.
+    (Logs written before steps recorded `responses` count 0 there.)"""
+    return {"steps": len(history), "responses": sum(h.get("responses", 0) for h in history),
+            "sampled_tokens": sum(h.get("sampled_tokens", 0) for h in history),
+            "minutes": sum(h["step_s"] for h in history) / 60,
             "generation_minutes": sum(h["generation_s"] for h in history) / 60}
 
 

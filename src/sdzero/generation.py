@@ -114,6 +114,7 @@ class HFGenerator(Generator):
         out: dict[tuple[int, int], list[int]] = {}
         live: list[tuple[int, int]] = []  # the item each row of the batch is decoding
         cache = mask = next_pos = logits = None
+        made = torch.zeros(0, dtype=torch.long, device=device)  # tokens generated so far, per live row
 
         def prefill(group: list[tuple[int, int]]) -> tuple[Any, Any, Any, Any]:
             ids, m = (t.to(device) for t in _left_pad([prompts[i] for i, _ in group], self.pad_id))
@@ -132,14 +133,15 @@ class HFGenerator(Generator):
                 else:
                     cache, mask = _join_caches(cache, mask, c, m)
                     next_pos, logits = torch.cat([next_pos, pos]), torch.cat([logits, lg])
+                made = torch.cat([made[: len(live)], made.new_zeros(len(group))])
                 live += group
                 for it in group:
                     out[it] = []
             token = _sample(logits.float(), params.temperature, params.top_p, rng)
             for it, t in zip(live, token.tolist()):
                 out[it].append(t)
-            done = torch.isin(token, stops) | torch.tensor(
-                [len(out[it]) >= params.max_new_tokens for it in live], device=device)
+            made += 1
+            done = torch.isin(token, stops) | (made >= params.max_new_tokens)
             if done.any():
                 bar.update(int(done.sum()))
                 keep = (~done).nonzero().squeeze(1)
@@ -147,7 +149,7 @@ class HFGenerator(Generator):
                 if not live:
                     continue
                 cache.batch_select_indices(keep)
-                token, mask, next_pos = token[keep], mask[keep], next_pos[keep]
+                token, mask, next_pos, made = token[keep], mask[keep], next_pos[keep], made[keep]
                 lead = int(mask.any(0).nonzero()[0])  # columns no live row uses any more
                 if lead:
                     mask = mask[:, lead:]

@@ -102,7 +102,7 @@ def _state(out: Path) -> dict[str, Any]:
 def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str, Any]:
     from sdzero.collect import collect
     from sdzero.config import read_meta
-    from sdzero.distill import run_distill
+    from sdzero.distill import history_totals, read_history, run_distill
     from sdzero.evaluate import EvalConfig, evaluate_model
     from sdzero.generation import SamplingParams, make_generator
     from sdzero.models import load_model_and_tokenizer
@@ -168,11 +168,10 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
 
     def phase2() -> dict[str, Any]:
         phrases = rc.phrases(read_meta(srt_model))
-        summary = run_distill(str(srt_model), task, splits["phase2"], configs["distill"], sampling, phrases,
-                              tc.system_prompt, gc.backend, gc.batch_size, gc.seed)
-        hist = summary.get("history") or []
-        n = cfg.distill_questions_per_step
-        return {"generations": n * len(hist), "sampled_tokens": round(sum(h["response_length"] * n for h in hist))}
+        run_distill(str(srt_model), task, splits["phase2"], configs["distill"], sampling, phrases, tc.system_prompt,
+                    gc.backend, gc.batch_size, gc.seed)
+        t = history_totals(read_history(out / "distill"))
+        return {"generations": t["responses"], "sampled_tokens": t["sampled_tokens"]}
 
     stages: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("eval-base", evaluation(mc.model, "eval-base.json")),
@@ -238,12 +237,12 @@ def write_run_report(out: Path, state: dict[str, Any], task_name: str, model_nam
                          f"{s['seconds'] / 60:.1f} min |")
     total = sum(s["seconds"] for n, s in state.items() if n in STAGES and n != "report")
     lines += ["", f"Total wall time (stages above): {total / 60:.1f} min.", ""]
-    log = out / "distill" / "log.jsonl"
-    if log.is_file():
-        from sdzero.distill import format_history
+    from sdzero.distill import format_history, read_history
 
-        lines += ["```", format_history([json.loads(x) for x in log.read_text().splitlines()]), "```", ""]
-    plots = _plots(log, report)
+    hist = read_history(out / "distill")
+    if hist:
+        lines += ["```", format_history(hist), "```", ""]
+    plots = _plots(hist, report)
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     heatmaps = sorted((out / "distill" / "selfloc").glob("step-*.html")) if (out / "distill").is_dir() else []
     if heatmaps:
@@ -257,9 +256,9 @@ def write_run_report(out: Path, state: dict[str, Any], task_name: str, model_nam
     return {"generations": 0, "sampled_tokens": 0}
 
 
-def _plots(log: Path, folder: Path) -> list[Path]:
+def _plots(hist: list[dict[str, Any]], folder: Path) -> list[Path]:
     """Phase-2 curves vs step: reward and response length; KL on correct vs wrong responses."""
-    if not log.is_file():
+    if not hist:
         return []
     try:
         import matplotlib
@@ -269,7 +268,6 @@ def _plots(log: Path, folder: Path) -> list[Path]:
     except ImportError:
         print("[run] matplotlib is not installed: no plots (pip install 'sdzero[plots]')", flush=True)
         return []
-    hist = [json.loads(x) for x in log.read_text().splitlines()]
     steps = [h["step"] for h in hist]
     made = []
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))

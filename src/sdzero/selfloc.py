@@ -34,6 +34,13 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         out[f"{label}_responses"] = len(group)
         out[f"{label}_mean_kl"] = sum(toks) / len(toks) if toks else math.nan
         out[f"{label}_top10_share"] = sum(conc) / len(conc) if conc else math.nan
+    # The first response token is where the teacher has just read its control phrase (or demonstration):
+    # how often it carries a response's largest KL, and its mean KL against the later tokens'.
+    rows = [r for r in rows if r["kl"]]
+    later = [v for r in rows for v in r["kl"][1:]]
+    out["first_token_is_max"] = sum(max(range(len(r["kl"])), key=r["kl"].__getitem__) == 0 for r in rows)
+    out["first_token_mean_kl"] = sum(r["kl"][0] for r in rows) / len(rows) if rows else math.nan
+    out["later_tokens_mean_kl"] = sum(later) / len(later) if later else math.nan
     return out
 
 

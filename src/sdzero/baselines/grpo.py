@@ -32,9 +32,8 @@ class GRPOBaselineConfig:
     num_generations: int = field(default=4, metadata={"help": "Group size: responses per question (paper's "
                                                                 "budget: 4 per question)."})
     questions_per_step: int = field(default=16, metadata={"help": "Questions per optimizer step (all processes)."})
-    max_steps: int = field(default=20, metadata={"help": "Optimizer steps, when no generation budget is given."})
-    max_generations: int | None = field(default=None, metadata={
-        "help": "Generation budget: the run stops after budget // (questions_per_step x num_generations) steps."})
+    max_steps: int = field(default=20, metadata={"help": "Optimizer steps when the generation budget is unlimited; "
+                                                       "else budget // (questions_per_step x num_generations)."})
     micro_batch_size: int = field(default=16, metadata={"help": "Responses per forward/backward pass."})
     learning_rate: float = field(default=5e-6, metadata={"help": "AdamW learning rate (the paper's 5e-6 for "
                                                                  "every method)."})
@@ -172,7 +171,7 @@ def run_grpo(model_name: str, task: Any, questions: Sequence[Any], cfg: GRPOBase
         return done
     if not questions:
         raise SDZeroError("GRPO has no questions")
-    steps = cfg.steps_for(budget.take(cfg.max_generations) if cfg.max_generations is not None else budget.remaining)
+    steps = cfg.steps_for(budget.remaining)
     from accelerate import PartialState
 
     procs = PartialState().num_processes

@@ -2,7 +2,8 @@
 fine-tune on them (../shared/SDZERO.md, "Baselines").
 
 Simplifications, stated up front:
-- One round: questions are taken in a seeded order, k samples each, until the generation budget is spent
+- One round: questions are taken in a seeded order, k samples each, until the generation budget (the
+  `GenerationBudget` passed in) is spent
   (a question is sampled whole or not at all, so up to k-1 generations of the budget may stay unused).
 - A kept sample is trained as chat(x) -> y <eot>, the prompt unsupervised: SRT's generation record with
   no draft, trained by the same transformers Trainer loop (`sdzero.srt.train_records`).
@@ -27,8 +28,6 @@ class RFTConfig:
     output_dir: str = field(default="outputs/rft", metadata={"help": "Samples go to OUTPUT_DIR/samples.jsonl, "
                                                                       "the trained model to OUTPUT_DIR/model."})
     samples_per_question: int = field(default=4, metadata={"help": "k responses per question (paper: 4)."})
-    max_generations: int | None = field(default=None, metadata={
-        "help": "Generation budget; default: k per question over every training question."})
     drop_truncated: bool = field(default=True, metadata={"help": "Never keep a response cut at the token cap."})
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW peak learning rate."})
     num_train_epochs: float = field(default=2.0, metadata={"help": "Passes over the kept samples."})
@@ -80,8 +79,7 @@ def run_rft(model_name: str, task: Any, questions: Sequence[Any], cfg: RFTConfig
     k = cfg.samples_per_question
     order = list(range(len(questions)))
     random.Random(seed).shuffle(order)
-    cap = cfg.max_generations if cfg.max_generations is not None else len(questions) * k
-    n_questions = min(len(questions), budget.take(cap) // k)
+    n_questions = budget.take(len(questions) * k) // k  # an unlimited budget: every question once
     if n_questions < 1:
         raise SDZeroError(f"the generation budget leaves room for no question at k={k}")
     chosen = [questions[i] for i in order[:n_questions]]
