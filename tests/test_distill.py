@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from sdzero.alignment import build_aligned_pair
 from sdzero.chat import ControlPhrases, chat_prompt_ids, text_ids
 from sdzero.cli import main
-from sdzero.distill import DistillConfig, PolicyForward, Teacher, pad_batch, step_question_indices
+from sdzero.distill import DistillConfig, PolicyForward, Teacher, loss_weights, pad_batch, step_question_indices
 from sdzero.errors import SDZeroError
 from sdzero.losses import topk_divergence
 from sdzero.selfloc import concentration, render_html, summarize
@@ -310,6 +310,31 @@ def test_skip_truncated_gives_cut_responses_no_loss(tiny_model_dir, tmp_path):
     assert all(h["loss"] is None and h["tokens"] == 0 and h["grad_norm"] is None for h in hist)
     wa, wb = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "model" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # nothing counted, nothing moved
+
+
+def test_loss_weights_by_hand():
+    assert loss_weights(4, True) == [1.0, 1.0, 1.0, 1.0]
+    assert loss_weights(4, True, skip_first=1) == [0.0, 1.0, 1.0, 1.0]
+    assert loss_weights(2, True, skip_first=3) == [0.0, 0.0]  # shorter than the skip: no loss at all
+    assert loss_weights(3, False, skip_first=1) == [0.0, 0.0, 0.0]  # a skipped (truncated) response
+    with pytest.raises(SDZeroError, match="skip_first_tokens"):
+        DistillConfig(skip_first_tokens=-1).validate()
+
+
+def test_skip_first_tokens_takes_exactly_those_tokens_out_of_the_loss(tiny_model_dir, tmp_path):
+    """Same seed, same first rollouts: the step's loss-token count drops by 3 per response, and the loss is the
+    mean over the tokens left (so it differs from the run that keeps them)."""
+    runs = {}
+    for skip in (0, 3):
+        out = tmp_path / f"skip{skip}"
+        assert main(distill_args(tiny_model_dir, out, "--max_steps", "1", "--selfloc_samples", "0",
+                                 "--skip_first_tokens", str(skip))) == 0
+        runs[skip] = history(out)[0]
+    a, b = runs[0], runs[3]
+    assert a["sampled_tokens"] == b["sampled_tokens"] and a["responses"] == b["responses"] == 8
+    assert a["clipped_share"] == 1.0  # every response is cut at 10 tokens, so each has 10 target tokens
+    assert a["tokens"] == 80 and b["tokens"] == 80 - 3 * 8
+    assert a["loss"] != pytest.approx(b["loss"], rel=1e-6)
 
 
 def test_bad_inputs_give_one_clear_error(tiny_model_dir, tmp_path, capsys):

@@ -40,6 +40,14 @@ def test_run_goes_through_every_stage_and_reports(tiny_model_dir, tmp_path, caps
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS, "--distill_max_steps",
                  "3"]) == 2
     assert "other settings (distill_max_steps)" in capsys.readouterr().err
+    # A run made before a setting existed matches while that setting stays at its default, and only then.
+    del state["settings"]["distill_skip_first_tokens"]
+    (out / "stages.json").write_text(json.dumps(state))
+    assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS]) == 0
+    assert capsys.readouterr().out.count("skipped") == 7
+    assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS,
+                 "--distill_skip_first_tokens", "1"]) == 2
+    assert "other settings (distill_skip_first_tokens)" in capsys.readouterr().err
 
 
 def test_run_stops_after_the_stage_asked_for(tiny_model_dir, tmp_path):

@@ -152,6 +152,7 @@ def run_baseline(method: str, folder: Path, seed: int, budget_generations: int, 
                           learning_rate=cfg.sdft_learning_rate, warmup_steps=run_cfg.distill_warmup_steps,
                           divergence=run_cfg.distill_divergence, divergence_kind=run_cfg.distill_divergence_kind,
                           teacher=cfg.sdft_teacher, skip_truncated=run_cfg.distill_skip_truncated,
+                          skip_first_tokens=run_cfg.distill_skip_first_tokens,
                           max_teacher_tokens=run_cfg.distill_max_teacher_tokens)
         run_sdft(mc.model, task, train_questions, scfg, sampling, tc.system_prompt, gc.backend, gc.batch_size, seed)
         history = read_history(target)

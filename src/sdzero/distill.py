@@ -75,6 +75,10 @@ class DistillConfig:
         "help": "Give responses cut at max_new_tokens no loss (DAPO's overlong filtering). Off in the paper; a "
                 "cut response has no end, and its repeated tail, which the teacher can copy from its first copy "
                 "of y, otherwise dominates a token-mean loss."})
+    skip_first_tokens: int = field(default=0, metadata={
+        "help": "Give the first N tokens of every response no loss (TRL SDFT's num_loss_tokens_to_skip). 0 in the "
+                "paper. Why one might: the teacher has just read the control phrase there, and on the embedded "
+                "default the largest per-token KL sits on the first token of correct and wrong responses alike."})
     teacher: str = field(default="frozen", metadata={"help": "frozen (starting model; paper default), sync (hard "
                                                              "copy every teacher_sync_steps) or ema."})
     teacher_sync_steps: int = field(default=50, metadata={"help": "sync: steps between copies."})
@@ -125,11 +129,19 @@ class DistillConfig:
                      "loss_chunk_size", "save_steps"):
             if getattr(self, name) < 1:
                 raise SDZeroError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.skip_first_tokens < 0:
+            raise SDZeroError(f"skip_first_tokens must be 0 or more, not {self.skip_first_tokens}")
         if not 0.0 <= self.beta <= 1.0:
             raise SDZeroError(f"beta must be in [0, 1], not {self.beta}")
         if self.questions_per_step % num_processes:
             raise SDZeroError(f"questions_per_step={self.questions_per_step} does not split over {num_processes} "
                               "processes; make it a multiple")
+
+
+def loss_weights(num_tokens: int, counted: bool, skip_first: int = 0) -> list[float]:
+    """Per target token of one response: 1.0 when it is in the loss (its response counts, and the token comes
+    after the first `skip_first`), else 0.0. The loss is a mean over the tokens weighted 1."""
+    return [float(counted and j >= skip_first) for j in range(num_tokens)]
 
 
 # --- the module every forward goes through ---------------------------------------------------------------
@@ -499,7 +511,8 @@ class DistillTrainer:
         pairs = [self.make_pair(i, c, r) for i, c, r in zip(idx, completions, rewards)]
         device = self.acc.device
         counted = [not (cfg.skip_truncated and c.finish_reason == "length") for c in completions]
-        local_tokens = torch.tensor(float(sum(p.num_tokens for p, k in zip(pairs, counted) if k)), device=device)
+        weights = [loss_weights(p.num_tokens, k, cfg.skip_first_tokens) for p, k in zip(pairs, counted)]
+        local_tokens = torch.tensor(float(sum(map(sum, weights))), device=device)
         global_tokens = self.acc.reduce(local_tokens.clone(), "sum").item()
         # The DDP gradient is the mean over processes: scale so the sum over all tokens / global count comes out.
         scale = self.acc.num_processes / max(global_tokens, 1.0)
@@ -518,8 +531,7 @@ class DistillTrainer:
                                                       [p.student_positions for p in chunk], self.pad_id)
             targets = torch.tensor([t for p in chunk for t in p.target_ids], device=device)
             lengths = torch.tensor([p.num_tokens for p in chunk], device=device)
-            weight = torch.tensor(counted[lo : lo + len(chunk)], dtype=torch.float32, device=device)
-            weight = weight.repeat_interleave(lengths)  # per token: 1 if it counts, 0 if its response is skipped
+            weight = torch.tensor([w for ws in weights[lo : lo + len(chunk)] for w in ws], device=device)
             right = torch.tensor([r >= 1.0 for r in rewards[lo : lo + len(chunk)]], dtype=torch.float32,
                                  device=device).repeat_interleave(lengths)
             with torch.no_grad(), self.teacher.weights(self.policy, unwrapped) as teacher, self.acc.autocast():

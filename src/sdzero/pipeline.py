@@ -59,6 +59,8 @@ class RunConfig:
     distill_teacher: str = field(default="frozen", metadata={"help": "Phase 2 teacher: frozen, sync, ema."})
     distill_skip_truncated: bool = field(default=True, metadata={
         "help": "Phase 2: no loss on responses cut at the token cap (see `sdzero distill --help`)."})
+    distill_skip_first_tokens: int = field(default=0, metadata={
+        "help": "Phase 2: no loss on the first N tokens of each response (see `sdzero distill --help`)."})
     distill_max_teacher_tokens: int = field(default=4096, metadata={"help": "Phase 2 teacher length limit."})
     srt_max_length: int = field(default=1024, metadata={"help": "Phase 1 SRT record length limit."})
 
@@ -74,7 +76,8 @@ def stage_configs(cfg: RunConfig, seed: int = 0) -> dict[str, Any]:
                        questions_per_step=cfg.distill_questions_per_step, learning_rate=cfg.distill_learning_rate,
                        warmup_steps=cfg.distill_warmup_steps, divergence=cfg.distill_divergence,
                        divergence_kind=cfg.distill_divergence_kind, teacher=cfg.distill_teacher,
-                       skip_truncated=cfg.distill_skip_truncated, max_teacher_tokens=cfg.distill_max_teacher_tokens)
+                       skip_truncated=cfg.distill_skip_truncated, skip_first_tokens=cfg.distill_skip_first_tokens,
+                       max_teacher_tokens=cfg.distill_max_teacher_tokens)
     dc.validate()
     return {
         "collect": CollectConfig(output_dir=str(out / "phase1"), revisions_per_draft=cfg.collect_revisions_per_draft,
@@ -84,6 +87,13 @@ def stage_configs(cfg: RunConfig, seed: int = 0) -> dict[str, Any]:
                          per_device_train_batch_size=cfg.srt_batch_size, max_length=cfg.srt_max_length, seed=seed),
         "distill": dc,
     }
+
+
+def _run_field_defaults() -> dict[str, Any]:
+    """RunConfig's fields that have a default, with it (as stored in stages.json)."""
+    from dataclasses import MISSING, fields
+
+    return {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
 
 
 def _processes() -> Any:
@@ -119,6 +129,9 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
     own = {k: v for k, v in asdict(cfg).items() if k not in ("stop_after", "output_dir")}
     settings = json.loads(json.dumps({**asdict(mc), **asdict(tc), **asdict(gc), **asdict(rc), **own}))
     stored = {k: v for k, v in state.setdefault("settings", settings).items() if k != "output_dir"}  # older runs
+    for k, v in _run_field_defaults().items():  # a field added since that run was made, left at its default
+        if k not in stored and settings.get(k) == v:
+            stored[k] = v
     if stored != settings:
         changed = sorted(k for k in set(settings) | set(stored) if stored.get(k) != settings.get(k))
         raise SDZeroError(f"{out} holds a run made with other settings ({', '.join(changed)}); finished stages "
