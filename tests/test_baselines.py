@@ -1,15 +1,20 @@
 """Baselines (RFT, GRPO, SDFT), the generation budget they share, and `sdzero compare`, on a tiny model."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import parity_task  # noqa: F401  (registers the parity: task)
 import pytest
 import torch
 
 from sdzero.budget import GenerationBudget
+from sdzero.compare import write_compare_report
 from sdzero.errors import SDZeroError
 from sdzero.generation import Completion, SamplingParams
 
+ROOT = Path(__file__).resolve().parent.parent
 SAMPLING = SamplingParams(max_new_tokens=8, temperature=1.0)
 
 
@@ -184,3 +189,11 @@ def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_
     capsys.readouterr()
     assert main(argv) == 0  # started again: nothing redone
     assert capsys.readouterr().out.count("done before, skipped") == 3
+    # The archive (numbers only, no models or responses) rebuilds the same table.
+    archive = tmp_path / "archive"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "archive_compare.py"), str(out), str(archive)],
+                   check=True, capture_output=True)
+    assert not list(archive.rglob("*.safetensors")) and not list(archive.rglob("model"))
+    assert "questions" not in json.loads((archive / "seed-0" / "eval-rft.json").read_text())
+    write_compare_report(archive, [0], ["rft", "grpo", "sdft"])
+    assert (archive / "report" / "results.md").read_text() == report
