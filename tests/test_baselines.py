@@ -94,6 +94,38 @@ def test_each_method_stops_at_the_same_generation_count(tiny_model_dir, tmp_path
         cfg.steps_for(7)
 
 
+def test_grpo_killed_and_resumed_spends_and_learns_like_an_uninterrupted_run(tiny_model_dir, tmp_path, parity):
+    """GRPO checkpoints with its budget record; a run stopped after 1 of 3 steps and started again charges the
+    first step's rollouts, samples only the rest, and ends with the uninterrupted run's log and weights."""
+    from safetensors.torch import load_file
+
+    from sdzero.baselines.grpo import GRPOBaselineConfig, run_grpo
+
+    questions = parity.split({"train": 12})["train"]
+
+    def run(out, **kw):
+        budget = GenerationBudget(24)
+        cfg = GRPOBaselineConfig(output_dir=str(out), questions_per_step=2, num_generations=4, micro_batch_size=4,
+                                 precision="fp32", save_steps=1, learning_rate=1e-3, warmup_steps=0,
+                                 mask_truncated_completions=False, **kw)  # a random model never ends
+        return run_grpo(str(tiny_model_dir), parity, questions, cfg, SAMPLING, budget), budget
+
+    straight, b1 = run(tmp_path / "straight")
+    first, b2 = run(tmp_path / "resumed", stop_after_steps=1)
+    assert b2.generations == 8 and not (tmp_path / "resumed" / "model").exists()
+    resumed, b3 = run(tmp_path / "resumed")
+    assert b1.generations == b3.generations == 24 and b1.sampled_tokens == b3.sampled_tokens
+    assert resumed["generations"] == 24  # the summary counts the steps before the checkpoint too
+    assert [h["reward"] for h in straight["history"]] == [h["reward"] for h in resumed["history"]]
+    assert [h["loss"] for h in straight["history"]] == pytest.approx([h["loss"] for h in resumed["history"]],
+                                                                     rel=1e-5, abs=1e-8)
+    wa = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert any(not torch.allclose(wa[k], base[k]) for k in wa)  # it trained
+
+
 def test_zero_variance_groups_have_zero_advantage_and_leave_the_loss(tiny_model_dir, tmp_path, parity):
     from sdzero.baselines.grpo import GRPOBaselineConfig, _trainer_class, drop_zero_variance_rows, grpo_dataset
 

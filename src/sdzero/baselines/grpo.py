@@ -17,6 +17,7 @@ What is TRL's and what is ours:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +49,10 @@ class GRPOBaselineConfig:
     mask_truncated_completions: bool = field(default=True, metadata={
         "help": "No loss on responses cut at the token cap (DAPO overlong filtering)."})
     precision: str = field(default="auto", metadata={"help": "auto | bf16 (autocast) | fp32."})
-    save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps."})
+    save_steps: int = field(default=5, metadata={"help": "Checkpoint every N steps (a CPU step takes minutes)."})
+    resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in OUTPUT_DIR."})
+    stop_after_steps: int | None = field(default=None, metadata={
+        "help": "Stop (after checkpointing) once this many steps are done, as if killed; for resume tests."})
 
     def validate(self) -> None:
         for name in ("num_generations", "questions_per_step", "max_steps", "micro_batch_size"):
@@ -130,6 +134,34 @@ def _trainer_class() -> type:
     return SDZeroGRPOTrainer
 
 
+def _budget_file(checkpoint: Path, process_index: int) -> Path:
+    return checkpoint / f"sdzero_budget.{process_index}.json"
+
+
+def _checkpoint_callback(budget: Any, start: tuple[int, int], stop_after_steps: int | None) -> Any:
+    """A TrainerCallback that writes the generations and tokens this process has sampled in this GRPO run
+    (the budget's counts less `start`) into every checkpoint, so that a resumed run charges them again, and
+    stops after `stop_after_steps`."""
+    from transformers import TrainerCallback
+
+    from sdzero.files import atomic_write_json
+
+    class BudgetCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if stop_after_steps is not None and state.global_step >= stop_after_steps:
+                control.should_save = control.should_training_stop = True
+
+        def on_save(self, args, state, control, **kw):
+            from accelerate import PartialState
+
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            atomic_write_json(_budget_file(ckpt, PartialState().process_index),
+                              {"generations": budget.generations - start[0],
+                               "sampled_tokens": budget.sampled_tokens - start[1]})
+
+    return BudgetCheckpoint()
+
+
 def grpo_dataset(questions: Sequence[Any], system_prompt: str | None = None) -> Any:
     """TRL's conversational prompt column plus the question's index, which the reward function reads."""
     from datasets import Dataset
@@ -150,6 +182,13 @@ def make_reward_function(task: Any, questions: Sequence[Any], budget: Any) -> An
         return task.rewards([(questions[i], t) for i, t in zip(question_index, texts)])
 
     return verifier_reward
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint-N folder that has its budget record (a checkpoint cut short by a kill has none)."""
+    found = sorted((p for p in folder.glob("checkpoint-*") if _budget_file(p, 0).is_file()),
+                   key=lambda p: int(p.name.split("-")[1])) if folder.is_dir() else []
+    return found[-1] if found else None
 
 
 def run_grpo(model_name: str, task: Any, questions: Sequence[Any], cfg: GRPOBaselineConfig, sampling: Any,
@@ -195,13 +234,20 @@ def run_grpo(model_name: str, task: Any, questions: Sequence[Any], cfg: GRPOBase
     tok = load_tokenizer(model_name)
     model = load_model(model_name, dtype="fp32")
     model.config.use_cache = False
+    t0, g0, k0 = time.perf_counter(), budget.generations, budget.sampled_tokens
     trainer = _trainer_class()(model=model, reward_funcs=make_reward_function(task, questions, budget), args=args,
-                               train_dataset=grpo_dataset(questions, system_prompt), processing_class=tok)
+                               train_dataset=grpo_dataset(questions, system_prompt), processing_class=tok,
+                               callbacks=[_checkpoint_callback(budget, (g0, k0), cfg.stop_after_steps)])
     trainer.sdzero_generation_batch_size = generation_batch_size
     trainer.sdzero_seed = seed
     trainer.sdzero_drop_zero_variance = cfg.drop_zero_variance_groups
-    t0, g0, k0 = time.perf_counter(), budget.generations, budget.sampled_tokens
-    trainer.train()
+    last = _last_checkpoint(out / "checkpoints") if cfg.resume else None
+    if last is not None:  # what the steps before the checkpoint sampled counts against the budget too
+        spent = json.loads(_budget_file(last, PartialState().process_index).read_text())
+        budget.charge(spent["generations"], spent["sampled_tokens"], "grpo (before the checkpoint)")
+        if trainer.accelerator.is_main_process:
+            print(f"[grpo] resumed from {last}", flush=True)
+    trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
     model.config.use_cache = True
     history = [h for h in trainer.state.log_history if "reward" in h]
     summary = {
@@ -212,6 +258,8 @@ def run_grpo(model_name: str, task: Any, questions: Sequence[Any], cfg: GRPOBase
                      "zero_variance_share": h.get("frac_reward_zero_std"),
                      "rows_in_loss": h.get("rows_in_loss")} for h in history],
     }
+    if trainer.state.global_step < steps:  # stopped early (stop_after_steps): the checkpoint is the result
+        return summary
     if trainer.accelerator.is_main_process:
         save_model(trainer.accelerator.unwrap_model(trainer.model), tok, out / "model", summary)
     trainer.accelerator.wait_for_everyone()
