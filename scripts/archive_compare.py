@@ -65,7 +65,10 @@ def main() -> None:
     if not seeds:
         raise SystemExit(f"error: no seed-N folder in {src}")
     for seed in seeds:
-        copied = archive_seed(src / f"seed-{seed}", dst / f"seed-{seed}")
+        try:
+            copied = archive_seed(src / f"seed-{seed}", dst / f"seed-{seed}")
+        except SDZeroError as e:
+            raise SystemExit(f"error: {e}") from None
         print(f"seed {seed}: {len(copied)} files -> {dst / f'seed-{seed}'} ({', '.join(copied)})")
 
 
