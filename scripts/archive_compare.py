@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from sdzero.compare import seeds_in
 from sdzero.errors import SDZeroError
 from sdzero.files import atomic_write_json
 
@@ -60,16 +61,15 @@ def main() -> None:
     ap.add_argument("--seeds", default=None, help="comma-separated; default: every seed-N folder in source")
     args = ap.parse_args()
     src, dst = Path(args.source), Path(args.archive)
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else \
-        sorted(int(p.name.split("-", 1)[1]) for p in src.glob("seed-*") if p.is_dir())
-    if not seeds:
-        raise SystemExit(f"error: no seed-N folder in {src}")
-    for seed in seeds:
-        try:
+    try:
+        seeds = seeds_in(src, args.seeds)
+        if not seeds:
+            raise SDZeroError(f"no seed-N folder in {src}")
+        for seed in seeds:
             copied = archive_seed(src / f"seed-{seed}", dst / f"seed-{seed}")
-        except SDZeroError as e:
-            raise SystemExit(f"error: {e}") from None
-        print(f"seed {seed}: {len(copied)} files -> {dst / f'seed-{seed}'} ({', '.join(copied)})")
+            print(f"seed {seed}: {len(copied)} files -> {dst / f'seed-{seed}'} ({', '.join(copied)})")
+    except SDZeroError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sdzero.compare import BASELINES, write_compare_report
+from sdzero.compare import BASELINES, seeds_in, write_compare_report
 
 
 def main() -> None:
@@ -17,8 +17,7 @@ def main() -> None:
     ap.add_argument("--seeds", default=None, help="comma-separated; default: every seed-N folder")
     args = ap.parse_args()
     out = Path(args.folder)
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else \
-        sorted(int(p.name.split("-", 1)[1]) for p in out.glob("seed-*") if p.is_dir())
+    seeds = seeds_in(out, args.seeds)
     methods = set()
     for s in seeds:
         f = out / f"seed-{s}" / "baselines.json"

@@ -32,7 +32,7 @@ def test_budget_counts_and_refuses_to_be_overspent():
     assert (b.generations, b.sampled_tokens, b.remaining) == (2, 5, 8)
     assert b.take(20) == 8
     b.charge(8, 40)
-    assert b.exhausted and b.take(3) == 0
+    assert b.remaining == 0 and b.take(3) == 0
     with pytest.raises(SDZeroError, match="past its budget"):
         b.charge(1, 1)
     assert GenerationBudget().take(10**6) == 10**6  # no limit: only counted

@@ -29,10 +29,6 @@ class GenerationBudget:
     def remaining(self) -> int | None:
         return None if self.max_generations is None else max(0, self.max_generations - self.generations)
 
-    @property
-    def exhausted(self) -> bool:
-        return self.remaining == 0
-
     def take(self, wanted: int) -> int:
         """How many of `wanted` generations fit in what is left (all of them when unlimited)."""
         left = self.remaining
@@ -52,7 +48,3 @@ class GenerationBudget:
                               f"{self.max_generations} generations (call take() before sampling)")
         self.generations += generations
         self.sampled_tokens += sampled_tokens
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"max_generations": self.max_generations, "generations": self.generations,
-                "sampled_tokens": self.sampled_tokens}

@@ -98,6 +98,13 @@ def run_compare(mc: Any, tc: Any, gc: Any, rc: Any, run_cfg: Any, cfg: CompareCo
     return write_compare_report(out, seeds, methods)
 
 
+def seeds_in(folder: Path, seeds: str | None = None) -> list[int]:
+    """The seeds asked for (comma-separated), else every seed-N folder in a compare (or archive) folder."""
+    if seeds:
+        return CompareConfig(seeds=seeds).seed_list()
+    return sorted(int(p.name.split("-", 1)[1]) for p in folder.glob("seed-*") if p.is_dir())
+
+
 def _state(folder: Path) -> dict[str, Any]:
     f = folder / "baselines.json"
     return json.loads(f.read_text()) if f.is_file() else {}
