@@ -227,5 +227,19 @@ def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_
                    check=True, capture_output=True)
     assert not list(archive.rglob("*.safetensors")) and not list(archive.rglob("model"))
     assert "questions" not in json.loads((archive / "seed-0" / "eval-rft.json").read_text())
-    write_compare_report(archive, [0], ["rft", "grpo", "sdft"])
+    summary = write_compare_report(archive, [0], ["rft", "grpo", "sdft"])
     assert (archive / "report" / "results.md").read_text() == report
+    # A seed known only from recorded numbers joins the archived one; SD-Zero's lead is per seed.
+    sd0, rft0 = (100 * summary[m]["avg@2"]["mean"] for m in ("sdzero", "rft"))
+    recorded = tmp_path / "seed-7-recorded.json"
+    recorded.write_text(json.dumps({"seed": 7, "avg@2": {"rft": 10.0, "sdzero": 30.0},
+                                    "greedy_accuracy": {"rft": 10.0, "sdzero": 30.0}}))
+    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "combine_seeds.py"), str(archive),
+                            "--recorded", str(recorded)], check=True, capture_output=True, text=True).stdout
+    rft_row = next(line for line in table.splitlines() if line.startswith("| RFT |"))
+    diffs = [sd0 - rft0, 20.0]
+    mean = sum(diffs) / 2
+    std = abs(diffs[0] - diffs[1]) / 2 ** 0.5
+    assert f"| {rft0:.1f} / 10.0 |" in rft_row and f"| {mean:+.1f} ± {std:.1f} |" in rft_row
+    assert rft_row.endswith(f"| {1 + (diffs[0] > 0)} of 2 |")
+    assert next(line for line in table.splitlines() if line.startswith("| Base |")).endswith(" of 1 |")  # seed 0 only

@@ -183,7 +183,8 @@ def run_baseline(method: str, folder: Path, seed: int, budget_generations: int, 
 
 # --- the report ---------------------------------------------------------------------------------------------
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (nan where there are too few values)."""
     if not values:
         return math.nan, math.nan
     m = sum(values) / len(values)
@@ -245,14 +246,14 @@ def write_compare_report(out: Path, seeds: list[int], methods: list[str]) -> dic
         per_seed = rows[method]["seeds"]
         cells, entry = [], {}
         for key, _ in keys:
-            m, s = _mean_std([v[key] for v in per_seed.values() if v.get(key) is not None])
+            m, s = mean_std([v[key] for v in per_seed.values() if v.get(key) is not None])
             entry[key] = {"mean": m, "std": s, "per_seed": {str(sd): v.get(key) for sd, v in per_seed.items()}}
             scale = 1 if key == "mean_response_tokens" else 100
             cells.append(f"{m * scale:.1f}" + ("" if math.isnan(s) else f" ± {s * scale:.1f}"))
-        gens = _mean_std([v["train_generations"] for v in per_seed.values()])[0]
-        toks = _mean_std([v["train_sampled_tokens"] for v in per_seed.values()])[0]
-        mins = _mean_std([v["train_seconds"] / 60 for v in per_seed.values()])[0]
-        eval_mins = _mean_std([v["eval_seconds"] / 60 for v in per_seed.values()])[0]
+        gens = mean_std([v["train_generations"] for v in per_seed.values()])[0]
+        toks = mean_std([v["train_sampled_tokens"] for v in per_seed.values()])[0]
+        mins = mean_std([v["train_seconds"] / 60 for v in per_seed.values()])[0]
+        eval_mins = mean_std([v["eval_seconds"] / 60 for v in per_seed.values()])[0]
         entry.update({"train_generations": gens, "train_sampled_tokens": toks, "train_minutes": mins,
                       "eval_minutes": eval_mins, "seeds": sorted(per_seed)})
         summary[method] = entry
@@ -290,8 +291,8 @@ def _curves(rows: dict[str, Any], k: int, folder: Path) -> Path | None:
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     for i, method in enumerate(m for m in ROW_ORDER if m in rows):
         seeds = rows[method]["seeds"].values()
-        x = _mean_std([v["train_generations"] for v in seeds])[0]
-        y, s = _mean_std([v[f"avg@{k}"] for v in seeds])
+        x = mean_std([v["train_generations"] for v in seeds])[0]
+        y, s = mean_std([v[f"avg@{k}"] for v in seeds])
         ax[0].errorbar([x], [y], yerr=[0 if math.isnan(s) else s], fmt="o", capsize=3, color=f"C{i}",
                        label=LABELS[method])
         curves = [v["curve"] for v in seeds if v.get("curve")]
