@@ -16,9 +16,11 @@ CHATML = (
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def make_tokenizer(chat_template: str | None = CHATML):
+def make_tokenizer(chat_template: str | None = CHATML, eos_token: str = "<|im_end|>", split_like_gpt2: bool = False):
     """Byte-level BPE over the 256 bytes plus a few merges, so that (like real tokenizers) a piece of
-    text can tokenize differently depending on what is beside it ("\\n\\n" is one token, "\\n" another)."""
+    text can tokenize differently depending on what is beside it ("\\n\\n" is one token, "\\n" another).
+    split_like_gpt2: GPT-2's pre-tokenizer regex (as SmolLM2's), under which a final "\\n\\n" is one token
+    but "\\n\\nThe" splits into "\\n", "\\n", "The"."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -28,10 +30,10 @@ def make_tokenizer(chat_template: str | None = CHATML):
     for a, b in merges:
         vocab[a + b] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split_like_gpt2)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(SPECIALS)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token, pad_token="<|endoftext|>")
     if chat_template:
         fast.chat_template = chat_template
     return fast

@@ -243,3 +243,23 @@ def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_
     assert f"| {rft0:.1f} / 10.0 |" in rft_row and f"| {mean:+.1f} ± {std:.1f} |" in rft_row
     assert rft_row.endswith(f"| {1 + (diffs[0] > 0)} of 2 |")
     assert next(line for line in table.splitlines() if line.startswith("| Base |")).endswith(" of 1 |")  # seed 0 only
+
+
+def test_rft_ends_its_records_with_the_templates_turn_end(tmp_path, parity, monkeypatch):
+    """As SRT: a tokenizer whose eos is not the template's end of turn still learns to end turns with <|im_end|>."""
+    import sdzero.srt as srt
+    from conftest import make_model, make_tokenizer
+
+    from sdzero.baselines.rft import RFTConfig, run_rft
+
+    tok = make_tokenizer(eos_token="<|endoftext|>")
+    model_dir = tmp_path / "model"
+    make_model(tok).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    seen = []
+    monkeypatch.setattr(srt, "train_records", lambda model, records, *a: seen.extend(records) or [])
+    questions = parity.split({"train": 8})["train"]
+    run_rft(str(model_dir), parity, questions, RFTConfig(output_dir=str(tmp_path / "rft"), drop_truncated=False),
+            SAMPLING, GenerationBudget(32), dtype="fp32")
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert seen and all(r["input_ids"][-1] == r["labels"][-1] == im_end for r in seen)

@@ -70,3 +70,47 @@ def test_tokenizer_without_chat_template_is_a_clear_error():
 
     with pytest.raises(SDZeroError, match="no chat template"):
         chat_prompt_ids(make_tokenizer(chat_template=None), "hi")
+
+
+# ---------------------------------------------------------------- the suffix's ids, as in running text
+
+def test_running_text_suffix_ids_are_what_the_text_becomes_when_a_revision_follows():
+    from conftest import make_tokenizer
+
+    from sdzero.chat import running_text_ids
+
+    tok = make_tokenizer(split_like_gpt2=True)
+    suffix = ControlPhrases().suffix_text(0.0)
+    standalone, running = text_ids(tok, suffix), running_text_ids(tok, suffix)
+    assert tok.convert_ids_to_tokens(standalone[-1:]) == ["ĊĊ"]  # the merged token, never seen before a word
+    assert tok.convert_ids_to_tokens(running[-2:]) == ["Ċ", "Ċ"]
+    assert tok.decode(running) == suffix
+    for revision in ("The sum is 7.", "8 - 0 = 8"):
+        assert text_ids(tok, suffix + revision) == running + text_ids(tok, revision)
+    assert ControlPhrases().suffix_ids(tok) == {r: running_text_ids(tok, ControlPhrases().suffix_text(r))
+                                                 for r in (0.0, 1.0)}
+    assert ControlPhrases(suffix_tokenization="standalone").suffix_ids(tok)[0.0] == standalone
+
+
+def test_phrases_stored_before_the_option_keep_their_standalone_suffix():
+    old = {"correct": "Let me rephrase the above solution.", "separator": "\n\n",
+           "wrong": "Wait, this response is not correct, let me start over."}
+    assert ControlPhrases.from_dict(old).suffix_tokenization == "standalone"
+    assert ControlPhrases.from_dict(None).suffix_tokenization == "running"
+    with pytest.raises(SDZeroError, match="suffix_tokenization"):
+        ControlPhrases(suffix_tokenization="merged")
+
+
+def test_turn_end_comes_from_the_chat_template_not_eos():
+    from conftest import make_tokenizer
+
+    from sdzero.chat import turn_end_id
+    from sdzero.generation import stop_token_ids
+
+    chatml = make_tokenizer()
+    assert turn_end_id(chatml) == chatml.eos_token_id == chatml.convert_tokens_to_ids("<|im_end|>")
+    # A tokenizer whose eos is <|endoftext|> while its template ends a turn with <|im_end|> (as some models do).
+    other = make_tokenizer(eos_token="<|endoftext|>")
+    assert other.eos_token_id == other.convert_tokens_to_ids("<|endoftext|>")
+    assert turn_end_id(other) == other.convert_tokens_to_ids("<|im_end|>")
+    assert turn_end_id(other) in stop_token_ids(other)  # generation stops there too

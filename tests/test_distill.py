@@ -93,7 +93,7 @@ def test_trainer_loss_matches_a_dense_reference_on_a_real_model(tokenizer, diver
         t_hidden, t_head = PolicyForward(teacher)(t_ids, t_mask, t_rows, t_cols, role="teacher")
     per_token = PolicyForward(student)(s_ids, s_mask, s_rows, s_cols, role="student", teacher_hidden=t_hidden,
                                        teacher_head=t_head, divergence=divergence, kind=kind, beta=0.3, topk=16,
-                                       chunk_size=5)
+                                       chunk_size=5)[0]
     ref = []
     for p in pairs:
         with torch.no_grad():
@@ -233,7 +233,7 @@ def fixed_pair_kl(model_dir, teacher_dir, tokenizer):
     s = pad_batch([p.student_ids for p in pairs], [p.student_positions for p in pairs], 0)
     with torch.no_grad():
         th, head = teacher(*t, role="teacher")
-        return student(*s, role="student", teacher_hidden=th, teacher_head=head, topk=64).mean().item()
+        return student(*s, role="student", teacher_hidden=th, teacher_head=head, topk=64)[0].mean().item()
 
 
 def test_distill_end_to_end_moves_the_student_toward_the_teacher(tiny_model_dir, tokenizer, tmp_path, capsys):
@@ -357,7 +357,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tiny_model_dir,
 
     def poisoned(self, *a, **k):
         result = original(self, *a, **k)
-        return result * float("nan") if k.get("role") == "student" else result
+        return (result[0] * float("nan"), result[1]) if k.get("role") == "student" else result
 
     monkeypatch.setattr(distill.PolicyForward, "forward", poisoned)
     assert main(distill_args(tiny_model_dir, out)) == 2
@@ -413,3 +413,151 @@ def test_concentration_and_the_heat_map_page():
     assert s["first_token_mean_kl"] == pytest.approx(0.05) and s["later_tokens_mean_kl"] == pytest.approx(2.11 / 3)
     page = render_html(rows, "t")
     assert "q&lt;2&gt;" in page and page.count('<div class="resp">') == 2 and "KL 2.0000" in page
+
+
+# ---------------------------------------------------------------- fidelity: the teacher, the estimator, the API
+
+@pytest.fixture(scope="module")
+def sharp_model_dir(tmp_path_factory, tokenizer):
+    """A tiny Llama with large weights, so that bf16 rounding moves its distributions measurably (a random
+    model at the usual scale is so flat that any two numerics agree)."""
+    from conftest import make_model
+
+    model = make_model(tokenizer, hidden=64, layers=4)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(5.0)
+        for name, p in model.named_parameters():
+            if "proj" in name:
+                p.mul_(30.0)
+    path = tmp_path_factory.mktemp("sharp-model")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _trainer(model_dir, tmp_path, sampling=None, **cfg):
+    from parity_task import ParityTask
+
+    from sdzero.distill import DistillTrainer
+    from sdzero.generation import SamplingParams
+
+    task = ParityTask()
+    return DistillTrainer(str(model_dir), task, task.pool(8),
+                          DistillConfig(output_dir=str(tmp_path / "d"), selfloc_samples=0, **cfg),
+                          sampling or SamplingParams(max_new_tokens=8, temperature=1.0), ControlPhrases())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_frozen_teacher_is_the_starting_model_numerically(sharp_model_dir, tokenizer, tmp_path, precision):
+    """On identical contexts, a teacher equal to the student gives a divergence of zero, in both precisions:
+    the teacher keeps fp32 weights under the same autocast as the student (a bf16 copy gave up to 0.07 nats
+    per token on this model)."""
+    from sdzero.alignment import AlignedPair
+
+    trainer = _trainer(sharp_model_dir, tmp_path, precision=precision, divergence="full",
+                       divergence_kind="reverse")
+    assert (trainer.acc.mixed_precision == "bf16") == (precision == "bf16")
+    pairs = []
+    for q, y in [("What is 2+3?", "It is 5, as 2 and 3 make five."), ("Name a colour.", "Blue, I think so.")]:
+        prompt, ids = chat_prompt_ids(tokenizer, q), text_ids(tokenizer, y)
+        positions = list(range(len(prompt) - 1, len(prompt) - 1 + len(ids)))
+        pairs.append(AlignedPair(prompt + ids, prompt + ids, positions, positions, ids))
+    with torch.no_grad():
+        per_token, s_lp, _, _, t_lp = trainer.divergence(pairs)
+    assert per_token.abs().max().item() < 1e-3
+    assert torch.allclose(s_lp, t_lp, atol=1e-4)
+
+
+def test_sampled_estimator_is_unbiased_at_a_sampling_temperature():
+    """On a 6-token vocabulary, the expected gradient of the sampled-token loss over y ~ softmax(z / 0.7) equals
+    the gradient of the dense reverse KL(S || T); without the importance weight it does not."""
+    from sdzero.losses import sampled_token_reverse_kl
+
+    torch.manual_seed(0)
+    z, t_logits, temp = torch.randn(6, dtype=torch.float64, requires_grad=True), torch.randn(6, dtype=torch.float64), 0.7
+    dense = (z.log_softmax(-1).exp() * (z.log_softmax(-1) - t_logits.log_softmax(-1))).sum()
+    exact = torch.autograd.grad(dense, z)[0]
+
+    def expected_gradient(weighted):
+        q = (z / temp).softmax(-1).detach()
+        total = torch.zeros(6, dtype=torch.float64)
+        for y in range(6):
+            s_lp, t_lp = z.log_softmax(-1)[y:y + 1], t_logits.log_softmax(-1)[y:y + 1]
+            q_lp = (z / temp).log_softmax(-1)[y:y + 1] if weighted else None
+            loss, _ = sampled_token_reverse_kl(s_lp, t_lp, sampling_logprobs=q_lp)
+            total += q[y] * torch.autograd.grad(loss, z)[0]
+        return total
+
+    assert torch.allclose(expected_gradient(True), exact, atol=1e-10)
+    assert not torch.allclose(expected_gradient(False), exact, atol=1e-3)
+
+
+def test_trainer_importance_weights_sampled_rollouts_at_its_temperature(tiny_model, tokenizer):
+    """The same check through PolicyForward: every token of the vocabulary as the 'sampled' target of one
+    position, weighted by its probability at T = 0.7, gives the dense reverse-KL gradient."""
+    prompt = chat_prompt_ids(tokenizer, "Say something.")
+    ids, mask = torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long)
+    vocab = tiny_model.config.vocab_size
+    rows, cols = torch.zeros(vocab, dtype=torch.long), torch.full((vocab,), len(prompt) - 1)
+    student, teacher = PolicyForward(tiny_model), PolicyForward(tiny_model)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        t_hidden, head = teacher(ids, mask, rows[:1], cols[:1], role="teacher")
+        t_hidden = t_hidden + 0.5 * torch.randn_like(t_hidden)  # another teacher
+        q = (tiny_model(ids).logits[0, -1].float() / 0.7).softmax(-1)
+    params = [p for p in tiny_model.parameters() if p.requires_grad]
+    per_token, _ = student(ids, mask, rows, cols, role="student", teacher_hidden=t_hidden.expand(vocab, -1),
+                           teacher_head=head, targets=torch.arange(vocab), divergence="sampled",
+                           sample_temperature=0.7)
+    estimated = torch.autograd.grad((per_token * q).sum(), params)
+    dense, _ = student(ids, mask, rows[:1], cols[:1], role="student", teacher_hidden=t_hidden, teacher_head=head,
+                       divergence="full", kind="reverse")
+    exact = torch.autograd.grad(dense.sum(), params)
+    for a, b in zip(estimated, exact):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
+
+
+def test_samples_per_question_comes_from_the_config(tiny_model_dir, tmp_path):
+    """The Python API: DistillConfig.samples_per_question decides, whatever sampling.n the caller passed."""
+    from sdzero.generation import SamplingParams
+
+    trainer = _trainer(tiny_model_dir, tmp_path, samples_per_question=3, questions_per_step=2, max_steps=1,
+                       precision="fp32", sampling=SamplingParams(max_new_tokens=4, temperature=1.0, n=1))
+    idx, completions, _ = trainer.rollouts(0)
+    assert len(completions) == 6 and sorted(set(idx)) == sorted(idx)[::3] and len(set(idx)) == 2
+
+
+def test_step_logs_where_the_divergence_sits_and_the_answer_probabilities(tiny_model_dir, tmp_path):
+    from parity_task import ParityTask
+
+    class LastCharTask(ParityTask):  # its "answer" is the response's last character
+        def answer_text(self, question, response):
+            return response.strip()[-1:] or None
+
+    from sdzero.distill import DistillTrainer
+    from sdzero.generation import SamplingParams
+
+    task = LastCharTask()
+    trainer = DistillTrainer(str(tiny_model_dir), task, task.pool(8),
+                             DistillConfig(output_dir=str(tmp_path / "d"), selfloc_samples=0, questions_per_step=8,
+                                           max_steps=1, precision="fp32", warmup_steps=0),
+                             SamplingParams(max_new_tokens=8, temperature=1.0), ControlPhrases())
+    m = trainer.train_step(0)
+    for c in ("wrong", "right"):
+        shares = [m[f"kl_share_{w}_{c}"] for w in ("first", "answer", "rest")]
+        if shares[0] is not None:
+            assert sum(shares) == pytest.approx(1.0) and all(s >= -1e-9 for s in shares)
+    assert any(m[f"answer_logprob_teacher_{c}"] is not None for c in ("wrong", "right"))
+    for c in ("wrong", "right"):
+        if m[f"answer_logprob_student_{c}"] is not None:
+            assert m[f"answer_logprob_student_{c}"] <= 0 and 0 <= m[f"teacher_above_student_{c}"] <= 1
+
+
+def test_answer_token_positions(tokenizer):
+    from sdzero.selfloc import answer_token_positions
+
+    decode = lambda ids: tokenizer.decode(ids)  # noqa: E731
+    ids = text_ids(tokenizer, "3 + 4 = 7, so Answer: 17")
+    pos = answer_token_positions(decode, ids, "17")
+    assert decode([ids[j] for j in pos]) == "17"  # the last occurrence, not the 7 of "= 7"
+    assert answer_token_positions(decode, ids, "99") == [] and answer_token_positions(decode, ids, None) == []

@@ -76,12 +76,71 @@ def test_hf_loss_on_collated_records_matches_a_dense_reference(tiny_model):
     assert loss.item() == pytest.approx(total / count, rel=1e-5)
 
 
-def test_trim_repeated_tail():
-    assert trim_repeated_tail([1, 2, 3, 4, 4, 4, 4]) == [1, 2, 3, 4]
-    assert trim_repeated_tail([9, 1, 2, 1, 2, 1, 2]) == [9, 1, 2]
+def test_trim_repeated_tail_cuts_only_long_loops(tokenizer):
+    decode = lambda ids: tokenizer.decode(ids)  # noqa: E731
+    loop = [1, 2, 3] + [4] * 40
+    assert trim_repeated_tail(loop, decode) == [1, 2, 3, 4]
+    assert trim_repeated_tail([9] + [1, 2] * 20, decode) == [9, 1, 2]
+    assert trim_repeated_tail([9] + [1, 2] * 8, decode) == [9] + [1, 2] * 8  # 14 tokens removed: too short
     assert trim_repeated_tail([1, 2, 1, 2]) == [1, 2, 1, 2]  # two copies are not degenerate
     assert trim_repeated_tail([5, 6, 7]) == [5, 6, 7]
     assert trim_repeated_tail([]) == []
+    # Digits are single tokens: numbers end in runs of equal tokens, and those are text, not loops.
+    for text in ("Answer: 1000", "0.333", "so 1/3 = 0.33333333", "Answer: 5, 5, 5"):
+        ids = text_ids(tokenizer, text)
+        assert trim_repeated_tail(ids, decode) == ids, text
+    # A real loop is cut to one copy of its unit.
+    ids = text_ids(tokenizer, "Let me add. " + "1 + 1 = 2. " * 8)
+    assert decode(trim_repeated_tail(ids, decode)) == "Let me add. 1 + 1 = 2. "
+
+
+class LastNumberTask(ParityTask):
+    """Right when the response's last number is 12 (every question)."""
+
+    def reward(self, question, response):
+        import re
+
+        nums = re.findall(r"\d+", response)
+        return 1.0 if nums and nums[-1] == "12" else 0.0
+
+
+class ScriptedDrafts:
+    """A generator that answers every draft prompt with `draft` and every reviser context with `revision`."""
+
+    def __init__(self, tokenizer, draft, revision):
+        self.tokenizer, self.draft, self.revision = tokenizer, draft, revision
+
+    def generate(self, prompts, params, seed=0, desc=""):
+        from sdzero.generation import Completion
+
+        text = self.revision if desc == "revisions" else self.draft
+        return [[Completion(text_ids(self.tokenizer, text), text, "stop") for _ in range(params.n)] for _ in prompts]
+
+
+def test_collect_grades_what_the_model_wrote_not_the_trimmed_text(tokenizer, tmp_path):
+    """A draft "Answer: 1200" is wrong and "... 121212...12" (a loop) too: trimming must not turn either into
+    "12", and the reward is always of the untrimmed text."""
+    task = LastNumberTask()
+    for draft in ("Answer: 1200", "Answer: " + "12" * 20):
+        gen = ScriptedDrafts(tokenizer, draft, "So it is 12")
+        cfg = CollectConfig(output_dir=str(tmp_path / str(len(draft))), chunk_size=2, revisions_per_draft=1)
+        summary = collect(gen, task, task.pool(2), SamplingParams(max_new_tokens=64, temperature=1.0), cfg,
+                          ControlPhrases(), seed=0)
+        st = summary["stats"]
+        assert st["right_drafts"] == 0 and st["wrong_to_right"] == 2, draft
+        rows, _ = load_kept(cfg.output_dir)
+        assert all(r["r_init"] == 0.0 and r["control_phrase"] == ControlPhrases().wrong for r in rows)
+
+
+def test_pair_right_drafts_adds_tuples_without_generating(tiny_model, tokenizer, tmp_path):
+    plain, _ = _collect(tiny_model, tokenizer, tmp_path / "a", drafts_per_question=4, revisions_per_draft=1)
+    paired, _ = _collect(tiny_model, tokenizer, tmp_path / "b", drafts_per_question=4, revisions_per_draft=1,
+                         pair_right_drafts=True)
+    assert paired["stats"]["generations"] == plain["stats"]["generations"]
+    assert paired["stats"]["kept_draft_pairs"] > 0 == plain["stats"]["kept_draft_pairs"]
+    rows, _ = load_kept(tmp_path / "b")
+    pairs = [r for r in rows if r["revision_source"] == "draft"]
+    assert pairs and all(r["r_init"] == 0.0 and len(r["y_revised"]) % 2 == 0 for r in pairs)
 
 
 # ---------------------------------------------------------------- collection
@@ -253,3 +312,30 @@ def test_lora_training_lowers_the_loss_and_merges_exactly(tokenizer, tmp_path):
 def test_srt_on_missing_data_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
     assert main(["srt", "--model", str(tiny_model_dir), "--data_dir", str(tmp_path / "none")]) == 2
     assert "no collected data" in capsys.readouterr().err
+
+
+def test_srt_ends_every_record_with_the_templates_turn_end(tmp_path, monkeypatch):
+    """For a tokenizer whose eos (<|endoftext|>) is not the template's end of turn (<|im_end|>), SRT must teach
+    the model to end its turn the way the chat template does."""
+    import sdzero.srt as srt
+    from conftest import make_model, make_tokenizer
+
+    from sdzero.chat import chat_prompt_ids
+    from sdzero.files import atomic_write_json, atomic_write_jsonl
+
+    tok = make_tokenizer(eos_token="<|endoftext|>")
+    model_dir = tmp_path / "model"
+    make_model(tok).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    data = tmp_path / "data"
+    prompt = chat_prompt_ids(tok, "q?")
+    atomic_write_jsonl(data / "kept.jsonl", [{"question_id": "q", "prompt": "q?", "prompt_ids": prompt,
+                                              "y_init_ids": text_ids(tok, "a"), "r_init": 0.0,
+                                              "control_phrase": ControlPhrases().wrong,
+                                              "y_revised_ids": text_ids(tok, "b")}])
+    atomic_write_json(data / "sdzero.json", {"control_phrases": ControlPhrases().to_dict()})
+    seen = []
+    monkeypatch.setattr(srt, "train_records", lambda model, records, *a: seen.extend(records) or [])
+    srt.run_srt(str(model_dir), srt.SRTConfig(data_dir=str(data), output_dir=str(tmp_path / "srt")))
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert len(seen) == 2 and all(r["input_ids"][-1] == r["labels"][-1] == im_end for r in seen)

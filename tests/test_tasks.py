@@ -134,3 +134,42 @@ def test_empty_dataset_is_a_clear_error(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(SDZeroError, match="not found"):
         load_task(TaskConfig(task=str(tmp_path / "nope.jsonl")))
+
+
+# ---------------------------------------------------------------- a self-revision trace is graded by its last attempt
+
+WRONG = "Wait, this response is not correct, let me start over."
+
+
+def test_rg_trace_is_graded_by_its_final_attempt():
+    task = rg()
+    q = task.split({"eval": 1})["eval"][0]
+    gold, wrong = q.answer, str(int(q.answer) + 10)
+    fixed = f"3 + 4 = {wrong}\nAnswer: {wrong}\n\n{WRONG}\n\nThe sum is {gold}"  # the draft had the Answer: line
+    broken = f"Answer: {gold}\n\nLet me rephrase the above solution.\n\nSo it is {wrong}."
+    assert task.rewards([(q, fixed), (q, broken)]) == [1.0, 0.0]
+    assert [v["reward"] for v in task.verdicts([(q, fixed)])] == [1.0]
+    assert task.answer_text(q, task.final_attempt(fixed)) == gold
+    # A run's own phrases count too, once the task is told them.
+    custom = f"Answer: {wrong}\n\nHmm, no.\n\n{gold}"
+    assert task.rewards([(q, custom)]) == [0.0]
+    task.add_control_phrases(["Hmm, no."])
+    assert task.rewards([(q, custom)]) == [1.0]
+
+
+def test_math_trace_is_graded_by_its_final_attempt(tmp_path):
+    f = write_jsonl(tmp_path / "m.jsonl", [{"problem": "Half of one?", "solution": "It is $\\boxed{\\frac{1}{2}}$."}])
+    task = load_task(TaskConfig(task=str(f)))
+    q = task.split({"eval": 1})["eval"][0]
+    assert task.rewards([(q, f"\\boxed{{2}}\n\n{WRONG}\n\nIt is 0.5")]) == [1.0]
+    assert task.rewards([(q, f"\\boxed{{0.5}}\n\n{WRONG}\n\nIt is 2")]) == [0.0]
+    task.close()
+
+
+def test_code_trace_is_judged_on_its_final_attempt(monkeypatch):
+    task = load_task(TaskConfig(task="code:humaneval"))
+    seen = []
+    monkeypatch.setattr(task, "judge_many", lambda pairs: seen.extend(r for _, r in pairs) or [])
+    task.verdicts([(task.pool(1)[0], f"```python\nx = 1\n```\n\n{WRONG}\n\n```python\nx = 2\n```")])
+    assert seen == ["```python\nx = 2\n```"]
+    task.close()

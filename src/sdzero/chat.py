@@ -19,16 +19,33 @@ from sdzero.errors import SDZeroError
 
 PAPER_CORRECT_PHRASE = "Let me rephrase the above solution."
 PAPER_WRONG_PHRASE = "Wait, this response is not correct, let me start over."
+OFFICIAL_QWEN_WRONG_PHRASE = "Wait, this response is wrong. Let me correct it."  # the official code's
+OFFICIAL_OLMO_WRONG_PHRASE = "Wrong. I need to redo all."
 DEFAULT_SEPARATOR = "\n\n"
+
+
+SUFFIX_TOKENIZATIONS = ("running", "standalone")
 
 
 @dataclass(frozen=True)
 class ControlPhrases:
-    """The only way the reward enters the reviser's context. Phase 1, Phase 2 and eval must share them."""
+    """The only way the reward enters the reviser's context. Phase 1, Phase 2 and eval must share them.
+
+    `suffix_tokenization` says which ids stand for sep + P_r + sep. "standalone": the text tokenized on its
+    own. "running": the ids it has when text follows it, as in the revision the model goes on to write
+    (`running_text_ids`). They differ where a tokenizer merges a trailing separator: SmolLM2 encodes a final
+    "\n\n" as one token `ĊĊ` that it practically never sees before a word, while "over.\n\nThe" is
+    `. Ċ Ċ The`.
+    """
 
     correct: str = PAPER_CORRECT_PHRASE
     wrong: str = PAPER_WRONG_PHRASE
     separator: str = DEFAULT_SEPARATOR
+    suffix_tokenization: str = "running"
+
+    def __post_init__(self) -> None:
+        if self.suffix_tokenization not in SUFFIX_TOKENIZATIONS:
+            raise SDZeroError(f"suffix_tokenization must be running or standalone, not {self.suffix_tokenization!r}")
 
     def phrase(self, reward: float) -> str:
         return self.correct if reward >= 1.0 else self.wrong
@@ -37,12 +54,20 @@ class ControlPhrases:
         """The text appended after the draft: sep + P_r + sep."""
         return self.separator + self.phrase(reward) + self.separator
 
+    def suffix_ids(self, tokenizer: Any) -> dict[float, list[int]]:
+        """ids of sep + P_r + sep for reward 0.0 and 1.0, tokenized as `suffix_tokenization` says."""
+        ids = running_text_ids if self.suffix_tokenization == "running" else text_ids
+        return {r: ids(tokenizer, self.suffix_text(r)) for r in (0.0, 1.0)}
+
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "ControlPhrases":
-        return cls(**(d or {}))
+        d = dict(d or {})
+        if d:  # stored before suffix_tokenization existed: those models were trained on standalone ids
+            d.setdefault("suffix_tokenization", "standalone")
+        return cls(**d)
 
 
 def _as_id_list(encoded: Any) -> list[int]:
@@ -75,9 +100,46 @@ def chat_prompt_ids(tokenizer: Any, user_message: str, system_prompt: str | None
     return _as_id_list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
 
+def turn_end_id(tokenizer: Any) -> int:
+    """The token that ends an assistant turn in the chat template (ChatML's <|im_end|>, Llama 3's <|eot_id|>),
+    which is not always the tokenizer's eos: read it off a rendered conversation, the first special token
+    after the assistant's text. Falls back to eos when the template shows none."""
+    check_chat_template(tokenizer)
+    mark = "sdzero-turn-end-probe"
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": mark}],
+                                             tokenize=False)
+    rest = rendered[rendered.find(mark) + len(mark):].lstrip(" ") if mark in rendered else ""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    specials = set(tokenizer.all_special_tokens) | {t.content for t in added.values() if getattr(t, "special", False)}
+    for special in sorted(specials, key=len, reverse=True):
+        if special and rest.startswith(special):
+            return int(tokenizer.convert_tokens_to_ids(special))
+    if tokenizer.eos_token_id is None:
+        raise SDZeroError("the chat template shows no end-of-turn token and the tokenizer has no eos token")
+    return int(tokenizer.eos_token_id)
+
+
 def text_ids(tokenizer: Any, text: str) -> list[int]:
     """ids of a piece of text inside a turn: no BOS or other special tokens added."""
     return [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+# Text that a revision typically starts with; `running_text_ids` checks each by a round trip.
+_CONTINUATIONS = ("The", "1", "To", "x")
+
+
+def running_text_ids(tokenizer: Any, text: str) -> list[int]:
+    """ids of `text` as they come out when more text follows it: ids(text + c) minus the ids of c, for the
+    first continuation c whose ids split cleanly (the prefix decodes to exactly `text`). Falls back to
+    `text_ids` when no continuation splits cleanly (a tokenizer that merges across the boundary)."""
+    for c in _CONTINUATIONS:
+        ids = text_ids(tokenizer, text + c)
+        tail = text_ids(tokenizer, c)
+        if tail and ids[-len(tail):] == tail:
+            head = ids[: -len(tail)]
+            if tokenizer.decode(head, clean_up_tokenization_spaces=False) == text:
+                return head
+    return text_ids(tokenizer, text)
 
 
 def reviser_context_ids(

@@ -29,17 +29,18 @@ def _parse(types: tuple, argv: list[str], prog: str, defaults: dict | None = Non
 
 def cmd_eval(argv: list[str]) -> int:
     from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig
-    from sdzero.evaluate import EvalConfig, evaluate_model, format_table
+    from sdzero.evaluate import EvalConfig, check_eval_split, evaluate_model, format_table
     from sdzero.tasks import load_task
 
     mc, tc, gc, rc, ec = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, EvalConfig), argv,
                                 "sdzero eval")
+    check_eval_split(ec.split, tc)
     task = load_task(tc)
     safe_task = task.name.replace("/", "_").replace(":", "-")
     out = Path(ec.output or f"outputs/eval-{safe_task}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     try:
-        questions = task.split(tc.split_sizes("eval"))["eval"]
-        print(f"[sdzero] eval {mc.model} on {task.name}: {len(questions)} held-out questions, "
+        questions = task.split(tc.split_sizes(ec.split))[ec.split]
+        print(f"[sdzero] eval {mc.model} on {task.name}: {len(questions)} {ec.split} questions, "
               f"k={ec.num_samples} at T={gc.temperature}", file=sys.stderr, flush=True)
         report = evaluate_model(mc.model, task, questions, mc, tc, gc, rc, ec, out)
     finally:

@@ -12,8 +12,9 @@ Simplifications and choices, stated up front:
   never on a re-tokenization.
 - Revisions cut off at max_new_tokens are dropped by default (an unfinished answer that a lenient
   verifier happens to accept is not a demonstration worth imitating).
-- Degenerate repeated tails (the same span of tokens three or more times at the end) are trimmed to one
-  copy, then the revision is verified again.
+- Long degenerate repeated tails (one span three or more times at the end, the copies covering >= 16 tokens
+  and >= 32 characters) are trimmed to one copy in what is stored. Rewards are always of the untrimmed text
+  (what the model wrote); a revision is kept only if its trimmed text verifies too.
 - The cap on kept tuples stops collection at the first chunk boundary past the cap, then cuts to it.
 """
 
@@ -23,9 +24,9 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from sdzero.chat import ControlPhrases, reviser_context_ids, text_ids
+from sdzero.chat import ControlPhrases, reviser_context_ids
 from sdzero.errors import SDZeroError
 from sdzero.evaluate import build_prompts
 from sdzero.files import atomic_write_json, atomic_write_jsonl, read_jsonl
@@ -41,12 +42,17 @@ REQUIRED_COLUMNS = ("question_id", "prompt", "prompt_ids", "y_init_ids", "r_init
 class CollectConfig:
     output_dir: str = field(default="outputs/phase1", metadata={"help": "Where the collected dataset goes."})
     drafts_per_question: int = field(default=1, metadata={"help": "Drafts sampled per question (paper: 1)."})
-    revisions_per_draft: int = field(default=3, metadata={"help": "Revisions sampled per draft (paper: 3)."})
+    revisions_per_draft: int = field(default=3, metadata={"help": "Revisions sampled per draft (paper: 3); 0 with "
+                                                                  "pair_right_drafts keeps only draft pairs."})
     revise_correct: bool = field(default=True, metadata={"help": "Also revise correct drafts with the rephrase "
                                                                    "phrase (paper: yes; official code: no)."})
+    pair_right_drafts: bool = field(default=False, metadata={
+        "help": "With several drafts per question, also keep (wrong draft, start-over phrase, a right draft of the "
+                "same question) as tuples: any right answer to x is a right revision. Not in the paper, which "
+                "keeps only revisions sampled after the phrase; costs no generation."})
     max_kept: int | None = field(default=None, metadata={"help": "Stop once this many tuples are kept."})
-    dedup: bool = field(default=True, metadata={"help": "Drop a revision identical to one already kept for "
-                                                          "the same question."})
+    dedup: bool = field(default=True, metadata={"help": "Drop a tuple identical to one already kept (same "
+                                                          "question, draft and revision)."})
     trim_repeats: bool = field(default=True, metadata={"help": "Trim degenerate repeated tails of drafts and "
                                                                  "revisions (then verify again)."})
     drop_truncated: bool = field(default=True, metadata={"help": "Drop revisions cut off at max_new_tokens."})
@@ -55,9 +61,28 @@ class CollectConfig:
     max_reviser_tokens: int = field(default=2048, metadata={"help": "Longest reviser context; the draft is "
                                                                      "truncated to fit, never the question."})
 
+    def validate(self) -> None:
+        _validate(self)
 
-def trim_repeated_tail(ids: Sequence[int], min_repeats: int = 3, max_period: int = 64) -> list[int]:
-    """If the sequence ends with >= min_repeats back-to-back copies of one span, keep a single copy."""
+
+def _validate(cfg: "CollectConfig") -> None:
+    if cfg.drafts_per_question < 1 or cfg.revisions_per_draft < 0 or cfg.chunk_size < 1:
+        raise SDZeroError("drafts_per_question and chunk_size must be >= 1, revisions_per_draft >= 0")
+    if cfg.revisions_per_draft == 0 and not cfg.pair_right_drafts:
+        raise SDZeroError("revisions_per_draft=0 keeps nothing unless pair_right_drafts is on")
+    if cfg.pair_right_drafts and cfg.drafts_per_question < 2:
+        raise SDZeroError("pair_right_drafts needs drafts_per_question >= 2 (a wrong and a right draft of one "
+                          "question)")
+
+
+def trim_repeated_tail(ids: Sequence[int], decode: Callable[[list[int]], str] | None = None, min_repeats: int = 3,
+                       max_period: int = 64, min_tokens: int = 16, min_chars: int = 32) -> list[int]:
+    """If the sequence ends in a long degenerate loop, keep one copy of its unit.
+
+    A loop is >= min_repeats back-to-back copies of one span, and only a long one counts: the copies removed
+    must cover >= min_tokens tokens and (when `decode` is given) >= min_chars characters. Short runs are
+    ordinary text: digits are single tokens, so "1000" ends in three equal tokens.
+    """
     ids = list(ids)
     best_cut = len(ids)
     for period in range(1, max_period + 1):
@@ -68,8 +93,10 @@ def trim_repeated_tail(ids: Sequence[int], min_repeats: int = 3, max_period: int
         while end - period >= 0 and ids[end - period : end] == unit:
             copies += 1
             end -= period
-        if copies >= min_repeats:
-            best_cut = min(best_cut, end + period)  # keep the first copy of the run
+        cut = end + period  # keep the first copy of the run
+        if copies >= min_repeats and len(ids) - cut >= min_tokens and cut < best_cut:
+            if decode is None or len(decode(ids[cut:])) >= min_chars:
+                best_cut = cut
     return ids[:best_cut]
 
 
@@ -79,39 +106,44 @@ def _collect_chunk(generator: Generator, task: Task, questions: Sequence[Questio
     tok = generator.tokenizer
     n_d, n_r = cfg.drafts_per_question, cfg.revisions_per_draft
     stats = dict(drafts=0, right_drafts=0, revised_wrong=0, revised_right=0, wrong_to_right=0, right_to_right=0,
-                 kept_from_wrong=0, kept_from_right=0, generations=0, sampled_tokens=0, dropped_truncated=0,
-                 dropped_duplicate=0, trimmed=0)
-    draft_params = SamplingParams(gc_sampling.max_new_tokens, gc_sampling.temperature, gc_sampling.top_p, n=n_d)
-    drafts = generator.generate(prompts, draft_params, seed=seed, desc="drafts")
+                 kept_from_wrong=0, kept_from_right=0, kept_draft_pairs=0, generations=0, sampled_tokens=0,
+                 dropped_truncated=0, dropped_duplicate=0, trimmed=0)
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
 
     def clean(ids: list[int]) -> list[int]:
         if not cfg.trim_repeats:
             return ids
-        trimmed = trim_repeated_tail(ids)
+        trimmed = trim_repeated_tail(ids, decode)
         stats["trimmed"] += len(trimmed) < len(ids)
         return trimmed
 
-    flat = [(qi, clean(c.ids)) for qi, cs in enumerate(drafts) for c in cs]
-    for cs in drafts:
-        stats["generations"] += len(cs)
-        stats["sampled_tokens"] += sum(c.num_tokens for c in cs)
-    texts = [tok.decode(ids, skip_special_tokens=True) for _, ids in flat]
-    # Batched: a code task runs these programs in parallel in its sandbox pool.
-    draft_rewards = task.rewards([(questions[qi], t) for (qi, _), t in zip(flat, texts)])
-    contexts, owners = [], []
-    for (qi, ids), r in zip(flat, draft_rewards):
+    draft_params = SamplingParams(gc_sampling.max_new_tokens, gc_sampling.temperature, gc_sampling.top_p, n=n_d)
+    drafts = generator.generate(prompts, draft_params, seed=seed, desc="drafts")
+    flat = [(qi, c) for qi, cs in enumerate(drafts) for c in cs]
+    stats["generations"] += len(flat)
+    stats["sampled_tokens"] += sum(c.num_tokens for _, c in flat)
+    # Rewards of what the model wrote (untrimmed); batched: a code task runs them in parallel in its sandbox.
+    draft_rewards = task.rewards([(questions[qi], c.text) for qi, c in flat])
+    contexts, owners = [], []  # owner: (question index, draft ids as the reviser saw them, draft text, reward)
+    right_drafts: dict[int, list[tuple[list[int], str]]] = {}
+    for (qi, c), r in zip(flat, draft_rewards):
         stats["drafts"] += 1
         stats["right_drafts"] += int(r)
-        if r >= 1.0 and not cfg.revise_correct:
-            continue
+        ids = clean(c.ids)
+        if r >= 1.0 and not (cfg.drop_truncated and c.finish_reason == "length"):
+            right_drafts.setdefault(qi, []).append((ids, decode(ids)))
         p = prompts[qi]
         ctx = reviser_context_ids(p, ids, suffix[r], cfg.max_reviser_tokens)
-        contexts.append(ctx)
         kept_ids = ids[: len(ctx) - len(p) - len(suffix[r])]  # the draft as the reviser saw it
-        owners.append((qi, kept_ids, tok.decode(kept_ids, skip_special_tokens=True), r))
-    rev_params = SamplingParams(gc_sampling.max_new_tokens, gc_sampling.temperature, gc_sampling.top_p, n=n_r)
-    revisions = generator.generate(contexts, rev_params, seed=seed + 1, desc="revisions")
-    candidates = []  # (owner, revision ids, revision text)
+        owner = (qi, kept_ids, decode(kept_ids), r)
+        if r < 1.0 or cfg.revise_correct:
+            contexts.append(ctx)
+            owners.append(owner)
+    revisions = []
+    if contexts and n_r > 0:
+        rev_params = SamplingParams(gc_sampling.max_new_tokens, gc_sampling.temperature, gc_sampling.top_p, n=n_r)
+        revisions = generator.generate(contexts, rev_params, seed=seed + 1, desc="revisions")
+    sampled = []  # (owner, completion)
     for owner, cs in zip(owners, revisions):
         branch = "right" if owner[3] >= 1.0 else "wrong"
         for c in cs:
@@ -121,27 +153,41 @@ def _collect_chunk(generator: Generator, task: Task, questions: Sequence[Questio
             if c.finish_reason == "length" and cfg.drop_truncated:
                 stats["dropped_truncated"] += 1
                 continue
+            sampled.append((owner, c))
+    verified = task.rewards([(questions[o[0]], c.text) for o, c in sampled])
+    candidates, recheck = [], []  # (owner, revision ids, revision text, source), each verified right
+    for (owner, c), ok in zip(sampled, verified):
+        if ok >= 1.0:
+            stats["right_to_right" if owner[3] >= 1.0 else "wrong_to_right"] += 1
             ids = clean(c.ids)
-            candidates.append((owner, ids, tok.decode(ids, skip_special_tokens=True)))
-    verified = task.rewards([(questions[o[0]], text) for o, _, text in candidates])
+            if len(ids) < len(c.ids):
+                recheck.append(len(candidates))
+            candidates.append((owner, ids, decode(ids), "sampled"))
+    if recheck:  # a trimmed revision is a demonstration only if its trimmed text still verifies
+        again = task.rewards([(questions[candidates[i][0][0]], candidates[i][2]) for i in recheck])
+        wrong_now = {i for i, ok in zip(recheck, again) if ok < 1.0}
+        candidates = [x for i, x in enumerate(candidates) if i not in wrong_now]
+    if cfg.pair_right_drafts:  # a right draft of the same question is a right revision of a wrong one
+        for owner in owners:
+            if owner[3] < 1.0:
+                candidates += [(owner, ids, text, "draft") for ids, text in right_drafts.get(owner[0], [])]
     kept: list[dict[str, Any]] = []
     seen: set[tuple[str, tuple[int, ...]]] = set()
-    for ((qi, y_ids, y_text, r), ids, text), ok in zip(candidates, verified):
-        if not ids or ok < 1.0:
+    for (qi, y_ids, y_text, r), ids, text, source in candidates:
+        if not ids:
             continue
         q = questions[qi]
-        branch = "right" if r >= 1.0 else "wrong"
-        stats[f"{branch}_to_right"] += 1
-        key = (q.id, tuple(ids))
+        key = (q.id, tuple(y_ids), tuple(ids))
         if cfg.dedup and key in seen:
             stats["dropped_duplicate"] += 1
             continue
         seen.add(key)
-        stats[f"kept_from_{branch}"] += 1
+        stats["kept_draft_pairs" if source == "draft" else f"kept_from_{'right' if r >= 1.0 else 'wrong'}"] += 1
         kept.append({
             "question_id": q.id, "prompt": q.prompt, "answer": q.answer,
             "prompt_ids": prompts[qi], "y_init": y_text, "y_init_ids": y_ids, "r_init": r,
             "control_phrase": phrases.phrase(r), "y_revised": text, "y_revised_ids": ids,
+            "revision_source": source,
             "prompt_tokens": len(prompts[qi]), "y_init_tokens": len(y_ids), "y_revised_tokens": len(ids),
         })
     return kept, stats
@@ -153,12 +199,12 @@ def collect(generator: Generator, task: Task, questions: Sequence[Question], sam
     """Run (or resume) a collection into cfg.output_dir; returns the summary written to sdzero.json."""
     if not questions:
         raise SDZeroError("no Phase-1 questions: set --phase1_size")
-    if cfg.drafts_per_question < 1 or cfg.revisions_per_draft < 1 or cfg.chunk_size < 1:
-        raise SDZeroError("drafts_per_question, revisions_per_draft and chunk_size must be >= 1")
+    cfg.validate()
     out = Path(cfg.output_dir)
     chunk_dir = out / "chunks"
     chunk_dir.mkdir(parents=True, exist_ok=True)
     tok = generator.tokenizer
+    task.add_control_phrases(phrases)  # a response is graded by what follows its last control phrase
     signature = {"questions": [q.id for q in questions], "phrases": phrases.to_dict(), "seed": seed,
                  "sampling": asdict(sampling), "collect": {k: v for k, v in asdict(cfg).items() if k != "output_dir"}}
     sig_file = out / "collect_signature.json"
@@ -168,7 +214,7 @@ def collect(generator: Generator, task: Task, questions: Sequence[Question], sam
                               "--output_dir (or delete it) rather than mixing the two")
     else:
         atomic_write_json(sig_file, signature)
-    suffix = {r: text_ids(tok, phrases.suffix_text(r)) for r in (0.0, 1.0)}
+    suffix = phrases.suffix_ids(tok)
     prompts = build_prompts(tok, questions, system_prompt, cfg.max_prompt_tokens)
     n_chunks = (len(questions) + cfg.chunk_size - 1) // cfg.chunk_size
     totals: dict[str, int] = {}

@@ -73,6 +73,10 @@ class TaskConfig:
                                                          "split."})
     eval_size: int = field(default=200, metadata={"help": "Held-out questions (taken first, so they do not move "
                                                           "when the training sets change size)."})
+    validation_size: int = field(default=0, metadata={
+        "help": "Validation questions, taken right after the held-out set, for choosing settings without looking "
+                "at it (`sdzero run --eval_split validation`, `sdzero eval --split validation`). 0 by default, "
+                "so the Phase-1 and Phase-2 sets stay where they were."})
     phase1_size: int = field(default=256, metadata={"help": "Phase-1 (self-revision collection) questions."})
     phase2_size: int = field(default=256, metadata={"help": "Phase-2 (on-policy distillation) questions."})
     verify_timeout: float = field(default=5.0, metadata={"help": "Seconds allowed per math-verify comparison."})
@@ -91,8 +95,9 @@ class TaskConfig:
         return opts
 
     def split_sizes(self, upto: str = "phase2") -> dict[str, int]:
-        """Split sizes in allocation order (eval, phase1, phase2), up to the set a command needs."""
-        sizes = {"eval": self.eval_size, "phase1": self.phase1_size, "phase2": self.phase2_size}
+        """Split sizes in allocation order (eval, validation, phase1, phase2), up to the set a command needs."""
+        sizes = {"eval": self.eval_size, "validation": self.validation_size, "phase1": self.phase1_size,
+                 "phase2": self.phase2_size}
         names = list(sizes)
         return {n: sizes[n] for n in names[: names.index(upto) + 1]}
 
@@ -121,6 +126,10 @@ class RevisionConfig:
                                 "else the paper's 'Wait, this response is not correct, let me start over.' "
                                 "(official code: 'Wait, this response is wrong. Let me correct it.')"})
     separator: str | None = field(default=None, metadata={"help": "Text around the control phrase (default '\\n\\n')."})
+    suffix_tokenization: str | None = field(default=None, metadata={
+        "help": "Token ids of sep + phrase + sep: running (as when a revision follows it; default) or standalone "
+                "(the text tokenized alone, which can end in a merged separator token the model rarely sees "
+                "before a word). Default: stored with the model/data, else running."})
 
     def phrases(self, stored: dict[str, Any] | None = None) -> ControlPhrases:
         """Flags first, then phrases stored with the model or data, then the paper's defaults."""
@@ -129,6 +138,8 @@ class RevisionConfig:
             correct=self.correct_phrase if self.correct_phrase is not None else base.correct,
             wrong=self.wrong_phrase if self.wrong_phrase is not None else base.wrong,
             separator=self.separator if self.separator is not None else base.separator,
+            suffix_tokenization=self.suffix_tokenization if self.suffix_tokenization is not None else
+            base.suffix_tokenization,
         )
 
 

@@ -22,6 +22,10 @@ Simplifications, stated up front:
   ema_rate * student (ema_rate = how much of the student moves in; 0 would be frozen, 1 a sync every step).
   With LoRA there is no second copy of the weights: the frozen teacher is the base model (adapters off),
   and sync / EMA teachers keep only their own copy of the adapter weights, swapped in for the teacher pass.
+  An EMA of adapters averages A and B separately: its weights B_T A_T are not the EMA of the student's B A
+  (that would need a full-rank delta per layer, which is what LoRA avoids storing).
+- The teacher keeps fp32 weights and runs under the student's autocast, so a teacher equal to the student
+  gives exactly the student's distributions.
 - Generation uses the student's current weights through the `Generator` interface (transformers, or vLLM
   when installed and asked for).
 """
@@ -35,7 +39,7 @@ import random
 import shutil
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -83,7 +87,10 @@ class DistillConfig:
                                                              "copy every teacher_sync_steps) or ema."})
     teacher_sync_steps: int = field(default=50, metadata={"help": "sync: steps between copies."})
     ema_rate: float = field(default=0.05, metadata={"help": "ema: teacher <- (1 - rate) * teacher + rate * student "
-                                                            "after each step."})
+                                                            "after each step. With use_lora the average is taken "
+                                                            "of the adapters' A and B matrices separately, which "
+                                                            "is not the EMA of the student's weights (B A is not "
+                                                            "linear in A and B)."})
     max_prompt_tokens: int = field(default=1024, metadata={"help": "Longest question prompt; longer ones are an "
                                                                    "error (the question is never truncated)."})
     max_teacher_tokens: int = field(default=4096, metadata={
@@ -179,9 +186,11 @@ class PolicyForward(_torch().nn.Module):
 
     def forward(self, input_ids, attention_mask, rows, cols, role="student", teacher_hidden=None,
                 teacher_head=None, targets=None, divergence="topk", kind="mixed", beta=0.5, topk=64,
-                chunk_size=1024):
+                chunk_size=1024, sample_temperature=1.0):
+        """role="student" returns (per-token divergence [N], log p_student(target) [N] without gradient)."""
         from sdzero import losses
 
+        torch = _torch()
         hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                        use_cache=False).last_hidden_state[rows, cols]
         head = self.lm.get_output_embeddings().weight
@@ -190,18 +199,27 @@ class PolicyForward(_torch().nn.Module):
         if role == "selfloc":
             return losses.full_vocab_divergence(hidden, head, teacher_hidden, teacher_head, kind="reverse",
                                                 chunk_size=chunk_size)[1]
+        if divergence == "sampled":
+            s_lp = losses.token_logprobs_from_hidden(hidden, head, targets, chunk_size)
+            with torch.no_grad():
+                t_lp = losses.token_logprobs_from_hidden(teacher_hidden, teacher_head, targets, chunk_size)
+                # The rollouts came from the student at the sampling temperature: importance-weight to S.
+                q_lp = None if sample_temperature == 1.0 else losses.token_logprobs_from_hidden(
+                    hidden, head, targets, chunk_size, temperature=sample_temperature)
+            _, estimate = losses.sampled_token_reverse_kl(s_lp, t_lp, sampling_logprobs=q_lp)
+            surrogate = s_lp * estimate  # its gradient is the score-function gradient of KL(S||T)
+            return estimate + surrogate - surrogate.detach(), s_lp.detach()  # value: the KL estimate
         if divergence == "topk":
-            return losses.topk_divergence_from_hidden(hidden, head, teacher_hidden, teacher_head, k=topk, kind=kind,
-                                                      beta=beta, chunk_size=chunk_size)[1]
-        if divergence == "full":
-            return losses.full_vocab_divergence(hidden, head, teacher_hidden, teacher_head, kind=kind, beta=beta,
-                                                chunk_size=chunk_size)[1]
-        s_lp = losses.token_logprobs_from_hidden(hidden, head, targets, chunk_size)
-        with _torch().no_grad():
-            t_lp = losses.token_logprobs_from_hidden(teacher_hidden, teacher_head, targets, chunk_size)
-        _, estimate = losses.sampled_token_reverse_kl(s_lp, t_lp)
-        surrogate = s_lp * estimate  # its gradient is the score-function gradient of KL(S||T)
-        return estimate + surrogate - surrogate.detach()  # value: the KL estimate; gradient: the surrogate's
+            per_token = losses.topk_divergence_from_hidden(hidden, head, teacher_hidden, teacher_head, k=topk,
+                                                           kind=kind, beta=beta, chunk_size=chunk_size)[1]
+        else:
+            per_token = losses.full_vocab_divergence(hidden, head, teacher_hidden, teacher_head, kind=kind,
+                                                     beta=beta, chunk_size=chunk_size)[1]
+        if targets is None:
+            return per_token, None
+        with torch.no_grad():  # for the answer-token log: what the student gives its own tokens
+            s_lp = losses.token_logprobs_from_hidden(hidden, head, targets, chunk_size)
+        return per_token, s_lp
 
 
 def check_head_gives_logits(lm: Any, tokenizer: Any) -> None:
@@ -227,8 +245,7 @@ def _lora_params(model: Any) -> dict[str, Any]:
 class Teacher:
     """frozen / sync / EMA teacher. It never trains: no gradient, eval mode (no dropout)."""
 
-    def __init__(self, kind: str, student_lm: Any, use_lora: bool, ema_rate: float, sync_steps: int,
-                 dtype: Any = None):
+    def __init__(self, kind: str, student_lm: Any, use_lora: bool, ema_rate: float, sync_steps: int):
         self.kind, self.use_lora, self.ema_rate, self.sync_steps = kind, use_lora, ema_rate, sync_steps
         self.module: Any = None  # a separate PolicyForward (full fine-tuning)
         self.adapter: dict[str, Any] = {}  # the teacher's adapter weights (LoRA + sync/ema)
@@ -238,8 +255,6 @@ class Teacher:
         else:
             lm = copy.deepcopy(student_lm).eval()
             lm.requires_grad_(False)
-            if dtype is not None and kind != "ema":  # an EMA needs fp32: small updates vanish in bf16
-                lm.to(dtype)
             self.module = PolicyForward(lm).eval()
 
     @contextmanager
@@ -344,14 +359,20 @@ class DistillTrainer:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
 
-        from sdzero.chat import text_ids
+        from sdzero.chat import turn_end_id
         from sdzero.evaluate import build_prompts
         from sdzero.models import load_model, load_tokenizer
         from sdzero.srt import _use_bf16
 
         if not questions:
             raise SDZeroError("Phase 2 has no questions: set --phase2_size")
-        self.cfg, self.task, self.questions, self.sampling = cfg, task, list(questions), sampling
+        # The config says how many responses per question, whatever `sampling.n` the caller passed.
+        self.cfg, self.task, self.questions = cfg, task, list(questions)
+        self.sampling = replace(sampling, n=cfg.samples_per_question)
+        if cfg.divergence == "sampled" and (sampling.temperature <= 0 or sampling.top_p < 1.0):
+            raise SDZeroError("divergence=sampled importance-weights rollouts from the student at its sampling "
+                              "temperature: it needs temperature > 0 and top_p = 1")
+        task.add_control_phrases(phrases)  # a rollout is graded by what follows its last control phrase
         self.phrases, self.model_name = phrases, model_name
         self.system_prompt = system_prompt
         self.generation_backend, self.generation_batch_size = generation_backend, generation_batch_size
@@ -373,9 +394,9 @@ class DistillTrainer:
             self.tokenizer.eos_token_id
         if self.pad_id is None:
             raise SDZeroError("the tokenizer has neither a pad nor an end-of-sequence token")
-        self.eot = self.tokenizer.eos_token_id
+        self.eot = turn_end_id(self.tokenizer)
         self.prompt_ids = build_prompts(self.tokenizer, self.questions, system_prompt, cfg.max_prompt_tokens)
-        self.suffix = {r: text_ids(self.tokenizer, phrases.suffix_text(r)) for r in (0.0, 1.0)}
+        self.suffix = phrases.suffix_ids(self.tokenizer)
 
         torch.manual_seed(seed)
         lm = load_model(model_name, dtype="fp32")  # fp32 master weights; bf16 only through autocast
@@ -389,8 +410,9 @@ class DistillTrainer:
                                                target_modules=target if target == "all-linear" else target.split(","),
                                                task_type="CAUSAL_LM"))
         _disable_dropout(lm)
-        self.teacher = Teacher(cfg.teacher, lm, cfg.use_lora, cfg.ema_rate, cfg.teacher_sync_steps,
-                               dtype=torch.bfloat16 if self.acc.mixed_precision == "bf16" else None)
+        # The teacher keeps the student's fp32 weights and runs under the same autocast: a bf16 copy would not be
+        # the starting model numerically (its residual stream and norms would run in bf16, the student's in fp32).
+        self.teacher = Teacher(cfg.teacher, lm, cfg.use_lora, cfg.ema_rate, cfg.teacher_sync_steps)
         sharded = self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         if sharded:
             cfg.selfloc_samples = 0  # the heat-map pass runs on the main process alone: not with sharded weights
@@ -501,14 +523,50 @@ class DistillTrainer:
         return [completion.stop_id if completion.stop_id is not None else self.eot] \
             if completion.finish_reason == "stop" else []
 
+    def answer_positions(self, i: int, pair: Any) -> list[int]:
+        """Which of the response's tokens carry its final answer (as the task grades it), for the answer log."""
+        from sdzero.selfloc import answer_token_positions
+
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731  (end token: "")
+        answer = self.task.answer_text(self.questions[i], self.task.final_attempt(decode(pair.target_ids)))
+        return answer_token_positions(decode, pair.target_ids, answer)
+
+    def divergence(self, chunk: Sequence[Any]) -> tuple[Any, Any, Any, Any, Any]:
+        """The teacher pass (no gradient) and the student pass over a micro-batch of aligned pairs, both under
+        the same autocast: (per-token divergence with gradient, student and teacher log-probs of the targets
+        without, and the teacher's hidden states and head for the heat-map)."""
+        import torch
+
+        from sdzero.losses import token_logprobs_from_hidden
+
+        cfg, device = self.cfg, self.acc.device
+        t_batch = [t.to(device) for t in pad_batch([p.teacher_ids for p in chunk], [p.teacher_positions for p in chunk],
+                                                   self.pad_id)]
+        s_batch = [t.to(device) for t in pad_batch([p.student_ids for p in chunk], [p.student_positions for p in chunk],
+                                                   self.pad_id)]
+        targets = torch.tensor([t for p in chunk for t in p.target_ids], device=device)
+        unwrapped = self.acc.unwrap_model(self.policy)
+        with torch.no_grad(), self.teacher.weights(self.policy, unwrapped) as teacher, self.acc.autocast():
+            t_hidden, t_head = teacher(*t_batch, role="teacher")
+            t_lp = token_logprobs_from_hidden(t_hidden, t_head, targets, cfg.loss_chunk_size)
+        with self.acc.autocast():
+            per_token, s_lp = self.policy(*s_batch, role="student", teacher_hidden=t_hidden, teacher_head=t_head,
+                                          targets=targets, divergence=cfg.divergence, kind=cfg.divergence_kind,
+                                          beta=cfg.beta, topk=cfg.topk, chunk_size=cfg.loss_chunk_size,
+                                          sample_temperature=self.sampling.temperature)
+        return per_token, s_lp, t_hidden, t_head, t_lp
+
     def train_step(self, step: int) -> dict[str, Any]:
         import torch
+
+        from sdzero.selfloc import answer_probe_metrics, answer_probe_row
 
         cfg = self.cfg
         t0 = time.perf_counter()
         idx, completions, rewards = self.rollouts(step)
         t_gen = time.perf_counter() - t0
         pairs = [self.make_pair(i, c, r) for i, c, r in zip(idx, completions, rewards)]
+        answers = [self.answer_positions(i, p) for i, p in zip(idx, pairs)]
         device = self.acc.device
         counted = [not (cfg.skip_truncated and c.finish_reason == "length") for c in completions]
         weights = [loss_weights(p.num_tokens, k, cfg.skip_first_tokens) for p, k in zip(pairs, counted)]
@@ -517,32 +575,20 @@ class DistillTrainer:
         # The DDP gradient is the mean over processes: scale so the sum over all tokens / global count comes out.
         scale = self.acc.num_processes / max(global_tokens, 1.0)
         sums = torch.zeros(4, device=device, dtype=torch.float64)  # KL and tokens on right, then on wrong responses
+        probe = [0.0] * len(answer_probe_row(True, [], [], [], []))  # the answer-token log, summed over responses
         selfloc = self._selfloc_wanted(step)
         selfloc_rows = _pick_selfloc(rewards, cfg.selfloc_samples) if selfloc and self.main else []
         records = []
-        unwrapped = self.acc.unwrap_model(self.policy)
         self.policy.train()
         batches = list(range(0, len(pairs), cfg.micro_batch_size))
         for b, lo in enumerate(batches):
             chunk = pairs[lo : lo + cfg.micro_batch_size]
-            t_ids, t_mask, t_rows, t_cols = pad_batch([p.teacher_ids for p in chunk],
-                                                      [p.teacher_positions for p in chunk], self.pad_id)
-            s_ids, s_mask, s_rows, s_cols = pad_batch([p.student_ids for p in chunk],
-                                                      [p.student_positions for p in chunk], self.pad_id)
-            targets = torch.tensor([t for p in chunk for t in p.target_ids], device=device)
-            lengths = torch.tensor([p.num_tokens for p in chunk], device=device)
             weight = torch.tensor([w for ws in weights[lo : lo + len(chunk)] for w in ws], device=device)
+            lengths = torch.tensor([p.num_tokens for p in chunk], device=device)
             right = torch.tensor([r >= 1.0 for r in rewards[lo : lo + len(chunk)]], dtype=torch.float32,
                                  device=device).repeat_interleave(lengths)
-            with torch.no_grad(), self.teacher.weights(self.policy, unwrapped) as teacher, self.acc.autocast():
-                t_hidden, t_head = teacher(t_ids.to(device), t_mask.to(device), t_rows.to(device), t_cols.to(device),
-                                           role="teacher")
-            sync = b == len(batches) - 1
-            with (nullcontext() if sync else self.acc.no_sync(self.policy)), self.acc.autocast():
-                per_token = self.policy(s_ids.to(device), s_mask.to(device), s_rows.to(device), s_cols.to(device),
-                                        role="student", teacher_hidden=t_hidden, teacher_head=t_head,
-                                        targets=targets, divergence=cfg.divergence, kind=cfg.divergence_kind,
-                                        beta=cfg.beta, topk=cfg.topk, chunk_size=cfg.loss_chunk_size)
+            with nullcontext() if b == len(batches) - 1 else self.acc.no_sync(self.policy):
+                per_token, s_lp, t_hidden, t_head, t_lp = self.divergence(chunk)
                 loss = (per_token.float() * weight).sum() * scale
             if not torch.isfinite(loss):
                 raise SDZeroError(f"the distillation loss became {loss.item()} at step {step + 1}; lower the "
@@ -551,10 +597,14 @@ class DistillTrainer:
             w, rt = weight.double(), right.double()
             v = per_token.detach().double() * w
             sums += torch.stack([(v * rt).sum(), (w * rt).sum(), (v * (1 - rt)).sum(), (w * (1 - rt)).sum()])
+            kl, s_lp, t_lp = per_token.detach().float().tolist(), s_lp.tolist(), t_lp.tolist()
             start = 0
-            for j, p in enumerate(chunk):  # the teacher rows of the heat-map's responses
-                if lo + j in selfloc_rows:
-                    records.append((lo + j, p, t_hidden[start : start + p.num_tokens]))
+            for j, p in enumerate(chunk):
+                span = slice(start, start + p.num_tokens)
+                row = answer_probe_row(rewards[lo + j] >= 1.0, answers[lo + j], t_lp[span], s_lp[span], kl[span])
+                probe = [a + x for a, x in zip(probe, row)]
+                if lo + j in selfloc_rows:  # the teacher rows of the heat-map's responses
+                    records.append((lo + j, p, t_hidden[span]))
                 start += p.num_tokens
         if records:
             self._write_selfloc(step, records, t_head, idx, rewards)
@@ -564,13 +614,14 @@ class DistillTrainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.teacher.update(unwrapped.lm, step + 1)
+        self.teacher.update(self.acc.unwrap_model(self.policy).lm, step + 1)
         wall = time.perf_counter() - t0
         stats = torch.tensor([len(completions), sum(rewards), sum(c.num_tokens for c in completions),
                               sum(c.finish_reason == "length" for c in completions)], device=device,
                              dtype=torch.float64)
         sums = self.acc.reduce(sums, "sum")
         stats = self.acc.reduce(stats, "sum")
+        probe = self.acc.reduce(torch.tensor(probe, device=device, dtype=torch.float64), "sum").tolist()
         n = stats[0].item()
         return {
             "step": step + 1,
@@ -589,6 +640,7 @@ class DistillTrainer:
             "tokens_per_s_with_generation": global_tokens / max(wall, 1e-9),
             "generation_s": round(t_gen, 2),
             "step_s": round(wall, 2),
+            **answer_probe_metrics(probe),
         }
 
     # -- self-localization --
@@ -760,7 +812,9 @@ def summarize_history(history: Sequence[dict[str, Any]], window: int = 5) -> dic
         return sum(vals) / len(vals) if vals else math.nan
 
     first, last = history[:window], history[-window:]
-    keys = ("loss", "reward", "response_length", "clipped_share", "kl_correct", "kl_wrong", "tokens_per_s")
+    keys = ("loss", "reward", "response_length", "clipped_share", "kl_correct", "kl_wrong",
+            "answer_logprob_teacher_wrong", "answer_logprob_student_wrong", "teacher_above_student_wrong",
+            "kl_share_first_wrong", "kl_share_answer_wrong", "kl_share_first_right", "tokens_per_s")
     return {k: {"first": mean(first, k), "last": mean(last, k)} for k in keys}
 
 

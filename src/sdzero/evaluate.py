@@ -7,7 +7,8 @@ Three generation passes over the held-out questions:
    -> wrong->right (correction rate) and right->right.
 The "fresh resample" reference for the correction rate reuses pass 1 (for a wrong draft, the accuracy of
 the other k-1 samples of the same question), so it costs no generation.
-A revision is scored on its own text (what follows the control phrase), never on the draft.
+A revision is scored on its own text (what follows the control phrase), never on the draft, and every
+response by its final attempt (`Task.final_attempt`: a self-revision trace is graded by its last answer).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from sdzero.chat import ControlPhrases, chat_prompt_ids, reviser_context_ids, text_ids
+from sdzero.chat import ControlPhrases, chat_prompt_ids, reviser_context_ids
 from sdzero.errors import SDZeroError
 from sdzero.files import atomic_write_json
 from sdzero.generation import Generator, SamplingParams
@@ -26,8 +27,13 @@ from sdzero.metrics import mean_pass_at_k, report_ks
 from sdzero.tasks.base import Question, Task
 
 
+EVAL_SPLITS = ("eval", "validation")
+
+
 @dataclass
 class EvalConfig:
+    split: str = field(default="eval", metadata={"help": "Which questions: eval (the held-out set) or validation "
+                                                         "(--validation_size questions, for tuning)."})
     num_samples: int = field(default=4, metadata={"help": "k: sampled responses per question (avg@k, pass@1..k)."})
     greedy: bool = field(default=True, metadata={"help": "Also score one greedy response per question."})
     revise: bool = field(default=True, metadata={"help": "Generate-then-revise: continue every sampled draft "
@@ -39,6 +45,13 @@ class EvalConfig:
     output: str | None = field(default=None, metadata={"help": "Where to write the JSON report "
                                                                "(default: outputs/eval-<task>-<time>.json)."})
     save_samples: bool = field(default=True, metadata={"help": "Keep every response in the JSON report."})
+
+
+def check_eval_split(split: str, tc: Any) -> None:
+    if split not in EVAL_SPLITS:
+        raise SDZeroError(f"the evaluation split must be eval (held-out) or validation, not {split!r}")
+    if split == "validation" and tc.validation_size < 1:
+        raise SDZeroError("evaluating on the validation split needs --validation_size N (N >= 1)")
 
 
 def build_prompts(tokenizer: Any, questions: Sequence[Question], system_prompt: str | None,
@@ -70,6 +83,7 @@ def evaluate(
     if cfg.num_samples < 1:
         raise SDZeroError("num_samples must be >= 1")
     tok = generator.tokenizer
+    task.add_control_phrases(phrases)  # a response is graded by what follows its last control phrase
     prompts = build_prompts(tok, questions, system_prompt, cfg.max_prompt_tokens)
     k = cfg.num_samples
     timings: dict[str, float] = {}
@@ -110,7 +124,7 @@ def evaluate(
 
     revisions = revision_rewards = None
     if cfg.revise:
-        suffix = {r: text_ids(tok, phrases.suffix_text(r)) for r in (0.0, 1.0)}
+        suffix = phrases.suffix_ids(tok)
         contexts, owners = [], []
         for qi, (p, cs) in enumerate(zip(prompts, drafts)):
             for si, c in enumerate(cs):

@@ -63,10 +63,15 @@ class Generator:
 
 
 def stop_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
-    """End-of-turn ids: the tokenizer's eos plus whatever the model's generation config lists."""
+    """End-of-turn ids: the tokenizer's eos, the chat template's end of turn, and whatever the model's
+    generation config lists."""
+    from sdzero.chat import turn_end_id
+
     ids: set[int] = set()
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
+    if getattr(tokenizer, "chat_template", None):
+        ids.add(turn_end_id(tokenizer))
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(gen_eos, int):
         ids.add(gen_eos)

@@ -16,7 +16,9 @@ self-localization heat-map shows. The teacher side is never differentiated.
 - `token_logprobs_from_hidden`: log p(target) per row, from hidden states in checkpointed chunks.
 - `sampled_token_reverse_kl`: the single-sample estimate log S(y_t) - log T(y_t) at the token the student
   sampled, trained as a score-function loss; in expectation over y_t ~ S its gradient is the gradient of
-  the dense reverse KL(S||T) at that position.
+  the dense reverse KL(S||T) at that position. Rollouts sampled at a temperature T != 1 come from another
+  distribution q = softmax(z / T): each term is then importance-weighted by S(y_t) / q(y_t), without which
+  the estimate is biased (its expected gradient can point the other way).
 """
 
 from __future__ import annotations
@@ -110,11 +112,12 @@ def topk_divergence_from_hidden(student_hidden: torch.Tensor, student_head: torc
 
 
 def token_logprobs_from_hidden(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor,
-                               chunk_size: int = 1024) -> torch.Tensor:
-    """log p(targets[i]) under softmax(hidden[i] @ head.T), float32, [N]; chunked and checkpointed."""
+                               chunk_size: int = 1024, temperature: float = 1.0) -> torch.Tensor:
+    """log p(targets[i]) under softmax(hidden[i] @ head.T / temperature), float32, [N]; chunked and
+    checkpointed."""
 
     def chunk_lp(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        logits = (h @ head.T).float()
+        logits = (h @ head.T).float() / temperature
         return logits.gather(-1, t[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
     return _by_chunks(chunk_lp, chunk_size, (hidden, targets), (head,))
@@ -141,13 +144,18 @@ def full_vocab_divergence(student_hidden: torch.Tensor, student_head: torch.Tens
 
 
 def sampled_token_reverse_kl(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor,
-                             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                             mask: torch.Tensor | None = None,
+                             sampling_logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Reverse KL estimated at the sampled tokens: inputs are log S(y_t) and log T(y_t), shape [N].
 
-    Returns (loss, per-token estimate). The loss is sg(log S - log T) * log S, whose gradient is, in
-    expectation over y_t ~ S, the gradient of KL(S||T) at each position (the score-function identity:
-    E_S[grad log S] = 0). Its value is not the KL; the per-token estimate is.
+    Returns (loss, per-token estimate). The loss is w * sg(log S - log T) * log S, whose gradient is, in
+    expectation over the sampled y_t, the gradient of KL(S||T) at each position (the score-function identity:
+    E_S[grad log S] = 0). w = 1 when y_t ~ S; when y_t was drawn from another distribution q (the student at a
+    sampling temperature != 1), pass `sampling_logprobs` = log q(y_t) and w = S(y_t) / q(y_t) (no gradient).
+    The loss's value is not the KL; the per-token estimate w * (log S - log T) is, in expectation.
     """
     estimate = (student_logprobs - teacher_logprobs.detach()).detach()
+    if sampling_logprobs is not None:
+        estimate = estimate * (student_logprobs.detach() - sampling_logprobs.detach()).exp()
     loss_per_token = estimate * student_logprobs
     return _masked_mean(loss_per_token, mask), estimate

@@ -43,9 +43,18 @@ MODELS = {"base": "eval-base", "SRT": "eval-srt", "SD-Zero": "eval-sdzero"}
 class RunConfig:
     output_dir: str = field(default="outputs/run", metadata={"help": "Where every stage and the report go."})
     stop_after: str = field(default="report", metadata={"help": f"Last stage to run: one of {', '.join(STAGES)}."})
+    eval_split: str = field(default="eval", metadata={
+        "help": "Which questions the three evaluations use: eval (the held-out set) or validation (--validation_size "
+                "questions, for choosing settings without looking at the held-out set)."})
     eval_num_samples: int = field(default=2, metadata={"help": "k for the held-out evaluations (avg@k, pass@k)."})
     eval_revise: bool = field(default=True, metadata={"help": "Measure the generate-then-revise correction rate."})
+    collect_drafts_per_question: int = field(default=1, metadata={"help": "Phase 1: drafts per question."})
     collect_revisions_per_draft: int = field(default=3, metadata={"help": "Phase 1: revisions per draft."})
+    collect_revise_correct: bool = field(default=True, metadata={"help": "Phase 1: also revise right drafts "
+                                                                         "(see `sdzero collect --help`)."})
+    collect_pair_right_drafts: bool = field(default=False, metadata={
+        "help": "Phase 1: keep (wrong draft, start over, right draft of the same question) tuples too (see "
+                "`sdzero collect --help`)."})
     collect_drop_truncated: bool = field(default=True, metadata={"help": "Phase 1: drop revisions cut at the cap."})
     srt_learning_rate: float = field(default=1e-5, metadata={"help": "Phase 1 SRT learning rate."})
     srt_num_train_epochs: float = field(default=2.0, metadata={"help": "Phase 1 SRT epochs."})
@@ -79,14 +88,19 @@ def stage_configs(cfg: RunConfig, seed: int = 0) -> dict[str, Any]:
                        skip_truncated=cfg.distill_skip_truncated, skip_first_tokens=cfg.distill_skip_first_tokens,
                        max_teacher_tokens=cfg.distill_max_teacher_tokens)
     dc.validate()
-    return {
-        "collect": CollectConfig(output_dir=str(out / "phase1"), revisions_per_draft=cfg.collect_revisions_per_draft,
+    configs = {
+        "collect": CollectConfig(output_dir=str(out / "phase1"), drafts_per_question=cfg.collect_drafts_per_question,
+                                 revisions_per_draft=cfg.collect_revisions_per_draft,
+                                 revise_correct=cfg.collect_revise_correct,
+                                 pair_right_drafts=cfg.collect_pair_right_drafts,
                                  drop_truncated=cfg.collect_drop_truncated),
         "srt": SRTConfig(data_dir=str(out / "phase1"), output_dir=str(out / "srt"),
                          learning_rate=cfg.srt_learning_rate, num_train_epochs=cfg.srt_num_train_epochs,
                          per_device_train_batch_size=cfg.srt_batch_size, max_length=cfg.srt_max_length, seed=seed),
         "distill": dc,
     }
+    configs["collect"].validate()
+    return configs
 
 
 def _run_field_defaults() -> dict[str, Any]:
@@ -113,7 +127,7 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
     from sdzero.collect import collect
     from sdzero.config import read_meta
     from sdzero.distill import history_totals, read_history, run_distill
-    from sdzero.evaluate import EvalConfig, evaluate_model
+    from sdzero.evaluate import EvalConfig, check_eval_split, evaluate_model
     from sdzero.generation import SamplingParams, make_generator
     from sdzero.models import load_model_and_tokenizer
     from sdzero.srt import run_srt
@@ -122,6 +136,7 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
     if cfg.stop_after not in STAGES:
         raise SDZeroError(f"stop_after must be one of {', '.join(STAGES)}, not {cfg.stop_after!r}")
     configs = stage_configs(cfg, gc.seed)  # a broken setting fails here, before any work
+    check_eval_split(cfg.eval_split, tc)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = _state(out)
@@ -161,7 +176,7 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
     def evaluation(model: str, target: str) -> Callable[[], dict[str, Any]]:
         def fn() -> dict[str, Any]:
             ec = EvalConfig(num_samples=cfg.eval_num_samples, revise=cfg.eval_revise, output=str(out / target))
-            metrics = evaluate_model(model, task, splits["eval"], mc, tc, gc, rc, ec, out / target)["metrics"]
+            metrics = evaluate_model(model, task, splits[cfg.eval_split], mc, tc, gc, rc, ec, out / target)["metrics"]
             return {"generations": metrics["generations"], "sampled_tokens": metrics["sampled_tokens"]}
         return fn
 
@@ -236,8 +251,9 @@ def write_run_report(out: Path, state: dict[str, Any], task_name: str, model_nam
     report.mkdir(parents=True, exist_ok=True)
     table = results_table(out)
     k = next((m["samples_per_question"] for m in table.values()), 1)
+    split = "validation" if state.get("settings", {}).get("eval_split") == "validation" else "Held-out"
     lines = [f"# sdzero run: {model_name} on {task_name}", "",
-             f"Held-out questions: {next((m['questions'] for m in table.values()), 0)}; k = {k}.", "",
+             f"{split} questions: {next((m['questions'] for m in table.values()), 0)}; k = {k}.", "",
              "| metric | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]
     for name, key in ROWS:
         lines.append(f"| {name.format(k=k)} | " + " | ".join(_fmt(m.get(key.format(k=k))) for m in table.values())

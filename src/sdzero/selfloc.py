@@ -77,3 +77,58 @@ body {{ font-family: sans-serif; margin: 1.5em; }} .cols {{ display: flex; gap: 
 </style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(summary)}. Hover a token for its value.</p>
 <div class="cols">{"".join(cols)}</div></body></html>
 """
+
+
+# --- the answer-token probe: is the teacher pushing toward or away from the response's own answer? ---------
+
+PROBE_CLASSES = ("wrong", "right")
+_PROBE_FIELDS = ("responses", "teacher_lp", "student_lp", "teacher_above", "kl_first", "kl_answer", "kl_total")
+
+
+def answer_token_positions(decode: Any, ids: Sequence[int], answer: str | None) -> list[int]:
+    """Indices of the tokens of `ids` that carry the last occurrence of `answer` in their decoded text ([] when
+    it does not occur). Token j covers the characters decode(ids[:j]) adds to decode(ids[:j-1])."""
+    text = decode(list(ids)) if answer else ""
+    at = text.rfind(answer) if answer else -1
+    if at < 0:
+        return []
+    lo, hi, prev, out = at, at + len(answer), 0, []
+    for j in range(len(ids)):
+        end = len(decode(list(ids[: j + 1])))
+        if end > lo and prev < hi:
+            out.append(j)
+        prev = end
+    return out
+
+
+def answer_probe_row(right: bool, positions: Sequence[int], teacher_lp: Sequence[float],
+                     student_lp: Sequence[float], kl: Sequence[float]) -> list[float]:
+    """One response's contribution to a step's answer-token log: a vector to sum over responses (and
+    processes), read by `answer_probe_metrics`. teacher_lp / student_lp / kl are per target token."""
+    kl = [max(0.0, float(v)) for v in kl]
+    row = [0.0] * (2 * len(_PROBE_FIELDS))
+    base = len(_PROBE_FIELDS) * PROBE_CLASSES.index("right" if right else "wrong")
+    row[base + 4] = kl[0] if kl and 0 not in positions else 0.0  # the first token, unless it is the answer
+    row[base + 5] = sum(kl[j] for j in positions)
+    row[base + 6] = sum(kl)
+    if positions:
+        t, s = sum(teacher_lp[j] for j in positions), sum(student_lp[j] for j in positions)
+        row[base : base + 4] = [1.0, t, s, float(t > s)]
+    return row
+
+
+def answer_probe_metrics(total: Sequence[float]) -> dict[str, float | None]:
+    """Per class (wrong / right responses): the mean log-probability the teacher and the student give the
+    response's own final-answer tokens (summed over those tokens), the share of responses where the teacher's
+    is higher, and the shares of the class's divergence on the first token, the answer tokens and the rest."""
+    out: dict[str, float | None] = {}
+    n_fields = len(_PROBE_FIELDS)
+    for c, name in enumerate(PROBE_CLASSES):
+        n, t, s, above, first, answer, kl = total[c * n_fields : (c + 1) * n_fields]
+        out[f"answer_logprob_teacher_{name}"] = t / n if n else None
+        out[f"answer_logprob_student_{name}"] = s / n if n else None
+        out[f"teacher_above_student_{name}"] = above / n if n else None
+        out[f"kl_share_first_{name}"] = first / kl if kl > 0 else None
+        out[f"kl_share_answer_{name}"] = answer / kl if kl > 0 else None
+        out[f"kl_share_rest_{name}"] = (kl - first - answer) / kl if kl > 0 else None
+    return out

@@ -202,7 +202,7 @@ def save_model(model: Any, tokenizer: Any, target: Path, meta: dict[str, Any]) -
 
 def run_srt(model_name: str, cfg: SRTConfig) -> dict[str, Any]:
     """Train on cfg.data_dir and save the model; returns the summary stored in its sdzero.json."""
-    from sdzero.chat import ControlPhrases, text_ids
+    from sdzero.chat import ControlPhrases, turn_end_id
     from sdzero.collect import load_kept
     from sdzero.models import load_model, load_tokenizer
 
@@ -219,8 +219,8 @@ def run_srt(model_name: str, cfg: SRTConfig) -> dict[str, Any]:
     rows, data_meta = load_kept(cfg.data_dir)
     phrases = ControlPhrases.from_dict(data_meta.get("control_phrases"))  # the phrases the revisions saw
     tokenizer = load_tokenizer(model_name)
-    eot = tokenizer.eos_token_id
-    suffix = {r: text_ids(tokenizer, phrases.suffix_text(r)) for r in (0.0, 1.0)}
+    eot = turn_end_id(tokenizer)  # the chat template's end of turn, not always eos
+    suffix = phrases.suffix_ids(tokenizer)
     rev, gen, dropped = build_records(rows, suffix, eot, cfg.max_length, cfg.revision_loss, cfg.generation_loss)
     if not rev and not gen:
         raise SDZeroError(f"every kept tuple is longer than max_length={cfg.max_length}; raise it")

@@ -61,6 +61,7 @@ def run_rft(model_name: str, task: Any, questions: Sequence[Any], cfg: RFTConfig
     """Sample within `budget` (a GenerationBudget, charged here), keep, train, save OUTPUT_DIR/model."""
     from dataclasses import replace
 
+    from sdzero.chat import turn_end_id
     from sdzero.config import read_meta
     from sdzero.evaluate import build_prompts
     from sdzero.generation import make_generator
@@ -97,7 +98,7 @@ def run_rft(model_name: str, task: Any, questions: Sequence[Any], cfg: RFTConfig
         raise SDZeroError(f"RFT kept no sample: none of the {len(chosen) * k} responses was verified correct")
     by_id = {q.id: p for q, p in zip(chosen, prompts)}
     records = [r for r in (build_generation_record(by_id[s["question_id"]], [], [], s["response_ids"],
-                                                   tok.eos_token_id, cfg.max_length) for s in kept) if r]
+                                                   turn_end_id(tok), cfg.max_length) for s in kept) if r]
     del model, generator
     from sdzero.models import load_model
 

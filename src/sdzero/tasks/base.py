@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from sdzero.errors import SDZeroError
+from sdzero.verifiers.answers import KNOWN_CONTROL_PHRASES, final_attempt
 
 
 @dataclass
@@ -26,10 +27,16 @@ class Question:
 
 
 class Task:
-    """Subclasses implement `pool(n)` and `reward(question, response)`."""
+    """Subclasses implement `pool(n)` and `reward(question, response)`.
+
+    `rewards` and `verdicts` grade a response by its final attempt (`final_attempt`: the text after the last
+    control phrase), so a self-revision trace "... Answer: 7 <start over> ... 8" is graded by its 8.
+    `reward` grades exactly the text it is given.
+    """
 
     name: str = "task"
     default_template: str = "{question}"
+    control_phrases: tuple[str, ...] = KNOWN_CONTROL_PHRASES  # where a response's final attempt begins
 
     def __init__(self, prompt_template: str | None = None):
         template = prompt_template or self.default_template
@@ -62,13 +69,27 @@ class Task:
         """1.0 when the response's final answer is right, else 0.0."""
         raise NotImplementedError
 
+    def answer_text(self, question: Question, response: str) -> str | None:
+        """The answer string that `reward` grades in this (final-attempt) text, when the task has one (math
+        and reasoning-gym tasks; code tasks have none). Phase 2 logs the probabilities of its tokens."""
+        return None
+
+    def add_control_phrases(self, phrases: Any) -> None:
+        """Also cut responses at these phrases (a ControlPhrases or strings) when finding the final attempt."""
+        found = [phrases.correct, phrases.wrong] if hasattr(phrases, "wrong") else list(phrases)
+        self.control_phrases = tuple(dict.fromkeys([*self.control_phrases, *found]))
+
+    def final_attempt(self, response: str) -> str:
+        return final_attempt(response, self.control_phrases)
+
     def rewards(self, pairs: Sequence[tuple[Question, str]]) -> list[float]:
         """Rewards of many (question, response) pairs; code tasks run them in parallel in the sandbox."""
         return [v["reward"] for v in self.verdicts(pairs)]
 
     def verdicts(self, pairs: Sequence[tuple[Question, str]]) -> list[dict[str, Any]]:
-        """{"reward": 0/1, ...}: code tasks add status (pass/fail/timeout/error), reason and stderr tail."""
-        return [{"reward": self.reward(q, r)} for q, r in pairs]
+        """{"reward": 0/1, ...} of each response's final attempt: code tasks add status (pass/fail/timeout/
+        error), reason and stderr tail."""
+        return [{"reward": self.reward(q, self.final_attempt(r))} for q, r in pairs]
 
     def split(self, sizes: dict[str, int]) -> dict[str, list[Question]]:
         """Disjoint named question sets, taken in the order of `sizes` from the front of the pool."""

@@ -163,8 +163,9 @@ class CodeTask(Task):
         return verdicts
 
     def verdicts(self, pairs: Sequence[tuple[Question, str]]) -> list[dict[str, Any]]:
+        judged = self.judge_many([(q, self.final_attempt(r)) for q, r in pairs])
         return [{"reward": 1.0 if v.status == "pass" else 0.0, "status": v.status, "reason": v.reason,
-                 "stderr_tail": v.stderr_tail[-300:]} for v in self.judge_many(pairs)]
+                 "stderr_tail": v.stderr_tail[-300:]} for v in judged]
 
     def reward(self, question: Question, response: str) -> float:
         return self.rewards([(question, response)])[0]

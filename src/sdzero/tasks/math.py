@@ -96,9 +96,11 @@ class MathTask(Task):
 
         return self.first_distinct(candidates(), n)
 
+    def answer_text(self, question: Question, response: str) -> str | None:
+        return extract_answer(response, self.answer_fallback)  # type: ignore[arg-type]
+
     def reward(self, question: Question, response: str) -> float:
-        candidate = extract_answer(response, self.answer_fallback)  # type: ignore[arg-type]
-        return 1.0 if self.verifier(candidate, question.answer) else 0.0
+        return 1.0 if self.verifier(self.answer_text(question, response), question.answer) else 0.0
 
     def close(self) -> None:
         self.verifier.close()

@@ -61,12 +61,16 @@ class ReasoningGymTask(Task):
 
         return self.first_distinct(candidates(), n)
 
-    def reward(self, question: Question, response: str) -> float:
+    def answer_text(self, question: Question, response: str) -> str | None:
         candidate = extract_answer(response, self.answer_fallback)  # type: ignore[arg-type]
+        if candidate is not None and _NUMERIC.fullmatch(question.answer.strip()):
+            candidate = last_number(candidate)
+        return candidate
+
+    def reward(self, question: Question, response: str) -> float:
+        candidate = self.answer_text(question, response)
         if candidate is None:
             return 0.0
-        if _NUMERIC.fullmatch(question.answer.strip()):
-            candidate = last_number(candidate)
         try:
             score = self.dataset.score_answer(candidate, question.meta["entry"])
         except Exception:  # a scorer choking on odd model output is a wrong answer, not a crash

@@ -1,6 +1,10 @@
 """Pulling the final answer out of a model's response.
 
-Order of preference: the last \\boxed{...}; the last "Answer: ..." / "the answer is ..." / "final answer: ...";
+A response can be a self-revision trace: a first attempt, a control phrase ("Wait, this response is not
+correct, let me start over."), then a second attempt. Its answer is the *final* one, so grading starts
+from `final_attempt`: the text after the last control phrase (the whole response when there is none).
+
+Within that text, order of preference: the last \\boxed{...}; the last "Answer: ..." / "the answer is ..." / "final answer: ...";
 the last "#### ..."; then a fallback. Small models rarely follow the requested format (8-30% of samples
 for SmolLM2-135M, ../shared/CPU-FACTS.md), so the default fallback is the last number in the response,
 which is kinder than insisting on the format. `fallback="none"` is the strict variant.
@@ -9,7 +13,10 @@ which is kinder than insisting on the format. `fallback="none"` is the strict va
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, Sequence
+
+from sdzero.chat import (OFFICIAL_OLMO_WRONG_PHRASE, OFFICIAL_QWEN_WRONG_PHRASE, PAPER_CORRECT_PHRASE,
+                         PAPER_WRONG_PHRASE)
 
 Fallback = Literal["last_number", "last_line", "none"]
 
@@ -17,6 +24,21 @@ NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?")
 ANSWER_RE = re.compile(r"(?:final\s+answer|answer)\s*(?:is\b|:)\s*:?(.*)", re.IGNORECASE)
 HASHES_RE = re.compile(r"####\s*(.*)")
 UNICODE_MINUS = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2014": "-"})
+
+
+# The control phrases of the paper and of the official code (../shared/SDZERO.md). A task also knows the
+# phrases of the run it grades (`Task.add_control_phrases`).
+KNOWN_CONTROL_PHRASES = (PAPER_CORRECT_PHRASE, PAPER_WRONG_PHRASE, OFFICIAL_QWEN_WRONG_PHRASE, OFFICIAL_OLMO_WRONG_PHRASE)
+
+
+def final_attempt(text: str, control_phrases: Sequence[str] = KNOWN_CONTROL_PHRASES) -> str:
+    """The text after the last control phrase: the final attempt of a self-revision trace (else all of it)."""
+    cut = -1
+    for phrase in control_phrases:
+        at = text.rfind(phrase) if phrase else -1
+        if at >= 0:
+            cut = max(cut, at + len(phrase))
+    return text if cut < 0 else text[cut:].lstrip()
 
 
 def last_boxed(text: str) -> str | None:
