@@ -474,7 +474,8 @@ def test_sampled_estimator_is_unbiased_at_a_sampling_temperature():
     from sdzero.losses import sampled_token_reverse_kl
 
     torch.manual_seed(0)
-    z, t_logits, temp = torch.randn(6, dtype=torch.float64, requires_grad=True), torch.randn(6, dtype=torch.float64), 0.7
+    z = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    t_logits, temp = torch.randn(6, dtype=torch.float64), 0.7
     dense = (z.log_softmax(-1).exp() * (z.log_softmax(-1) - t_logits.log_softmax(-1))).sum()
     exact = torch.autograd.grad(dense, z)[0]
 

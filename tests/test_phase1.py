@@ -137,10 +137,19 @@ def test_pair_right_drafts_adds_tuples_without_generating(tiny_model, tokenizer,
     paired, _ = _collect(tiny_model, tokenizer, tmp_path / "b", drafts_per_question=4, revisions_per_draft=1,
                          pair_right_drafts=True)
     assert paired["stats"]["generations"] == plain["stats"]["generations"]
-    assert paired["stats"]["kept_draft_pairs"] > 0 == plain["stats"]["kept_draft_pairs"]
+    st = paired["stats"]
+    assert st["kept_draft_pairs_wrong"] > 0 and st["kept_draft_pairs_right"] > 0
+    assert plain["stats"]["kept_draft_pairs_wrong"] == plain["stats"]["kept_draft_pairs_right"] == 0
     rows, _ = load_kept(tmp_path / "b")
     pairs = [r for r in rows if r["revision_source"] == "draft"]
-    assert pairs and all(r["r_init"] == 0.0 and len(r["y_revised"]) % 2 == 0 for r in pairs)
+    assert all(len(r["y_revised"]) % 2 == 0 for r in pairs)  # every revision verified right
+    assert all(r["y_revised_ids"] != r["y_init_ids"] for r in pairs if r["r_init"] == 1.0)  # another right draft
+    assert {r["control_phrase"] for r in pairs} == {ControlPhrases().wrong, ControlPhrases().correct}
+    only_wrong, _ = _collect(tiny_model, tokenizer, tmp_path / "c", drafts_per_question=4, revisions_per_draft=0,
+                             pair_right_drafts=True, revise_correct=False)
+    assert only_wrong["stats"]["kept_draft_pairs_right"] == 0 and only_wrong["stats"]["generations"] == 6 * 4
+    with pytest.raises(SDZeroError, match="pair_right_drafts"):
+        CollectConfig(revisions_per_draft=0).validate()
 
 
 # ---------------------------------------------------------------- collection

@@ -173,3 +173,24 @@ def test_code_trace_is_judged_on_its_final_attempt(monkeypatch):
     task.verdicts([(task.pool(1)[0], f"```python\nx = 1\n```\n\n{WRONG}\n\n```python\nx = 2\n```")])
     assert seen == ["```python\nx = 2\n```"]
     task.close()
+
+
+def test_validation_split_sits_after_the_held_out_set_and_moves_nothing_when_empty():
+    sizes = dict(eval_size=20, phase1_size=30, phase2_size=30)
+    old = rg().split(TaskConfig(**sizes).split_sizes("phase2"))
+    assert list(TaskConfig(**sizes).split_sizes()) == ["eval", "validation", "phase1", "phase2"]
+    same = rg().split(TaskConfig(**sizes, validation_size=0).split_sizes())
+    assert all([q.id for q in old[k]] == [q.id for q in same[k]] for k in ("eval", "phase1", "phase2"))
+    with_val = rg().split(TaskConfig(**sizes, validation_size=25).split_sizes())
+    assert [q.id for q in with_val["eval"]] == [q.id for q in old["eval"]]  # the held-out set never moves
+    ids = [q.id for k in with_val for q in with_val[k]]
+    assert len(ids) == len(set(ids)) == 105
+
+
+def test_evaluating_on_an_empty_validation_split_is_a_clear_error(capsys):
+    from sdzero.cli import main
+
+    assert main(["eval", "--split", "validation", "--eval_size", "2"]) == 2
+    assert "--validation_size" in capsys.readouterr().err
+    assert main(["run", "--eval_split", "validation", "--output_dir", "/nonexistent/x"]) == 2
+    assert "--validation_size" in capsys.readouterr().err

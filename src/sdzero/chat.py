@@ -106,8 +106,8 @@ def turn_end_id(tokenizer: Any) -> int:
     after the assistant's text. Falls back to eos when the template shows none."""
     check_chat_template(tokenizer)
     mark = "sdzero-turn-end-probe"
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": mark}],
-                                             tokenize=False)
+    turn = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": mark}]
+    rendered = tokenizer.apply_chat_template(turn, tokenize=False)
     rest = rendered[rendered.find(mark) + len(mark):].lstrip(" ") if mark in rendered else ""
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     specials = set(tokenizer.all_special_tokens) | {t.content for t in added.values() if getattr(t, "special", False)}

@@ -47,9 +47,11 @@ class CollectConfig:
     revise_correct: bool = field(default=True, metadata={"help": "Also revise correct drafts with the rephrase "
                                                                    "phrase (paper: yes; official code: no)."})
     pair_right_drafts: bool = field(default=False, metadata={
-        "help": "With several drafts per question, also keep (wrong draft, start-over phrase, a right draft of the "
-                "same question) as tuples: any right answer to x is a right revision. Not in the paper, which "
-                "keeps only revisions sampled after the phrase; costs no generation."})
+        "help": "With several drafts per question, also use the question's right drafts as revisions: (wrong draft, "
+                "start-over phrase, each right draft), and with revise_correct (right draft, rephrase phrase, "
+                "another right draft). Any right answer to x is a right revision, written in the generator's own "
+                "style. Not in the paper, which keeps only revisions sampled after the phrase; costs no "
+                "generation."})
     max_kept: int | None = field(default=None, metadata={"help": "Stop once this many tuples are kept."})
     dedup: bool = field(default=True, metadata={"help": "Drop a tuple identical to one already kept (same "
                                                           "question, draft and revision)."})
@@ -106,8 +108,8 @@ def _collect_chunk(generator: Generator, task: Task, questions: Sequence[Questio
     tok = generator.tokenizer
     n_d, n_r = cfg.drafts_per_question, cfg.revisions_per_draft
     stats = dict(drafts=0, right_drafts=0, revised_wrong=0, revised_right=0, wrong_to_right=0, right_to_right=0,
-                 kept_from_wrong=0, kept_from_right=0, kept_draft_pairs=0, generations=0, sampled_tokens=0,
-                 dropped_truncated=0, dropped_duplicate=0, trimmed=0)
+                 kept_from_wrong=0, kept_from_right=0, kept_draft_pairs_wrong=0, kept_draft_pairs_right=0,
+                 generations=0, sampled_tokens=0, dropped_truncated=0, dropped_duplicate=0, trimmed=0)
     decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
 
     def clean(ids: list[int]) -> list[int]:
@@ -167,10 +169,18 @@ def _collect_chunk(generator: Generator, task: Task, questions: Sequence[Questio
         again = task.rewards([(questions[candidates[i][0][0]], candidates[i][2]) for i in recheck])
         wrong_now = {i for i, ok in zip(recheck, again) if ok < 1.0}
         candidates = [x for i, x in enumerate(candidates) if i not in wrong_now]
-    if cfg.pair_right_drafts:  # a right draft of the same question is a right revision of a wrong one
+    if cfg.pair_right_drafts:  # a right draft of the same question is a right revision
+        nth_right: dict[int, int] = {}
         for owner in owners:
-            if owner[3] < 1.0:
-                candidates += [(owner, ids, text, "draft") for ids, text in right_drafts.get(owner[0], [])]
+            qi, y_ids, _, r = owner
+            if r < 1.0:  # every right draft, after "start over"
+                candidates += [(owner, ids, text, "draft") for ids, text in right_drafts.get(qi, [])]
+                continue
+            # a right draft (revise_correct): one other right draft, after "rephrase", in turn
+            others = [(ids, text) for ids, text in right_drafts.get(qi, []) if ids != y_ids]
+            n = nth_right[qi] = nth_right.get(qi, -1) + 1
+            if others:
+                candidates.append((owner, *others[n % len(others)], "draft"))
     kept: list[dict[str, Any]] = []
     seen: set[tuple[str, tuple[int, ...]]] = set()
     for (qi, y_ids, y_text, r), ids, text, source in candidates:
@@ -182,7 +192,8 @@ def _collect_chunk(generator: Generator, task: Task, questions: Sequence[Questio
             stats["dropped_duplicate"] += 1
             continue
         seen.add(key)
-        stats["kept_draft_pairs" if source == "draft" else f"kept_from_{'right' if r >= 1.0 else 'wrong'}"] += 1
+        branch = "right" if r >= 1.0 else "wrong"
+        stats[f"kept_draft_pairs_{branch}" if source == "draft" else f"kept_from_{branch}"] += 1
         kept.append({
             "question_id": q.id, "prompt": q.prompt, "answer": q.answer,
             "prompt_ids": prompts[qi], "y_init": y_text, "y_init_ids": y_ids, "r_init": r,

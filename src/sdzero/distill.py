@@ -161,8 +161,9 @@ def _torch():
 
 class PolicyForward(_torch().nn.Module):
     """A causal LM read at given positions. role="teacher": (hidden [N, H], head [V, H]) without gradient;
-    role="student": per-token divergence [N] against given teacher outputs; role="selfloc": per-token
-    full-vocabulary reverse KL, no gradient (for the heat-maps)."""
+    role="student": (per-token divergence [N] against given teacher outputs, the student's log-prob of each
+    target without gradient, or None when no targets are given); role="selfloc": per-token full-vocabulary
+    reverse KL, no gradient (for the heat-maps)."""
 
     def __init__(self, lm: Any, clone_head: bool = False):
         super().__init__()

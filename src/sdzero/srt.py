@@ -65,6 +65,12 @@ class SRTConfig:
     report_to: str = field(default="none", metadata={"help": "Trackers: none, tensorboard, trackio, wandb."})
     seed: int = field(default=0, metadata={"help": "Training seed (shuffling, initialisation of adapters)."})
 
+    def validate(self) -> None:
+        if self.mode not in ("joint", "sequential"):
+            raise SDZeroError(f"mode must be joint or sequential, not {self.mode!r}")
+        if not (self.revision_loss or self.generation_loss):
+            raise SDZeroError("both loss terms are switched off: nothing to train")
+
 
 def build_revision_record(prompt_ids: Sequence[int], y_init_ids: Sequence[int], suffix_ids: Sequence[int],
                           y_revised_ids: Sequence[int], eot_id: int, max_length: int) -> dict[str, list[int]] | None:
@@ -206,10 +212,7 @@ def run_srt(model_name: str, cfg: SRTConfig) -> dict[str, Any]:
     from sdzero.collect import load_kept
     from sdzero.models import load_model, load_tokenizer
 
-    if cfg.mode not in ("joint", "sequential"):
-        raise SDZeroError(f"mode must be joint or sequential, not {cfg.mode!r}")
-    if not (cfg.revision_loss or cfg.generation_loss):
-        raise SDZeroError("both loss terms are switched off: nothing to train")
+    cfg.validate()
     from sdzero.config import read_meta
 
     done = read_meta(Path(cfg.output_dir) / "model")

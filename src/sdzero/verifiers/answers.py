@@ -4,10 +4,10 @@ A response can be a self-revision trace: a first attempt, a control phrase ("Wai
 correct, let me start over."), then a second attempt. Its answer is the *final* one, so grading starts
 from `final_attempt`: the text after the last control phrase (the whole response when there is none).
 
-Within that text, order of preference: the last \\boxed{...}; the last "Answer: ..." / "the answer is ..." / "final answer: ...";
-the last "#### ..."; then a fallback. Small models rarely follow the requested format (8-30% of samples
-for SmolLM2-135M, ../shared/CPU-FACTS.md), so the default fallback is the last number in the response,
-which is kinder than insisting on the format. `fallback="none"` is the strict variant.
+Within that text, order of preference: the last \\boxed{...}; the last "Answer: ..." / "the answer is ..." /
+"final answer: ..."; the last "#### ..."; then a fallback. Small models rarely follow the requested format
+(8-30% of samples for SmolLM2-135M, ../shared/CPU-FACTS.md), so the default fallback is the last number in
+the response, which is kinder than insisting on the format. `fallback="none"` is the strict variant.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ UNICODE_MINUS = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2014": "-"})
 
 # The control phrases of the paper and of the official code (../shared/SDZERO.md). A task also knows the
 # phrases of the run it grades (`Task.add_control_phrases`).
-KNOWN_CONTROL_PHRASES = (PAPER_CORRECT_PHRASE, PAPER_WRONG_PHRASE, OFFICIAL_QWEN_WRONG_PHRASE, OFFICIAL_OLMO_WRONG_PHRASE)
+KNOWN_CONTROL_PHRASES = (PAPER_CORRECT_PHRASE, PAPER_WRONG_PHRASE, OFFICIAL_QWEN_WRONG_PHRASE,
+                         OFFICIAL_OLMO_WRONG_PHRASE)
 
 
 def final_attempt(text: str, control_phrases: Sequence[str] = KNOWN_CONTROL_PHRASES) -> str:

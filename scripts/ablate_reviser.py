@@ -1,0 +1,166 @@
+"""Issue 13's ablation: which Phase-1 / Phase-2 setting makes the reviser a better fixer than resampling, and
+does Phase 2 then help? Measured on a validation split, never on the held-out set.
+
+Every row is one `sdzero run` on the embedded default with a few flags changed, evaluated on 200 validation
+questions (`--validation_size 200 --eval_split validation`; the held-out set is not touched). Rows and seeds
+already finished are skipped (each run resumes by itself), so the script can be stopped and started again.
+
+    python scripts/ablate_reviser.py                         # every row, seed 0
+    python scripts/ablate_reviser.py --rows fixed,pairs --seeds 0,1,2
+    python scripts/ablate_reviser.py --table-only            # the table from what is on disk
+
+The table: the premise first (correction rate after SRT against the fresh-resample reference), then the
+Phase-1 tuples, Phase 2's reward (first / last 5 steps) and the answer-token probe (how often, on wrong
+responses, the teacher gives the response's own answer more probability than the student does), then
+validation avg@2 and greedy accuracy for base / SRT / SD-Zero, and the run's minutes. With several seeds,
+each cell is the mean and the +- is the sample standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+COMMON = ["--validation_size", "200", "--eval_split", "validation"]
+# name -> (what it tests, flags on top of the embedded default)
+ROWS: dict[str, tuple[str, list[str]]] = {
+    "fixed": ("the embedded default with the six fixes (running suffix)", []),
+    "standalone": ("suffix tokenized standalone (the old ids)", ["--suffix_tokenization", "standalone"]),
+    "no-rephrase": ("only wrong drafts revised (official code)", ["--collect_revise_correct", "false"]),
+    "phase1-x4": ("a Phase-1 set 4x larger (512 questions)", ["--phase1_size", "512"]),
+    "pairs": ("4 drafts per question, wrong drafts paired with right drafts, no sampled revisions "
+              "(same 512 Phase-1 generations)",
+              ["--collect_drafts_per_question", "4", "--collect_revisions_per_draft", "0",
+               "--collect_pair_right_drafts", "true", "--collect_revise_correct", "false"]),
+    "pairs-8": ("pairs with 8 drafts per question (1024 Phase-1 generations)",
+                ["--collect_drafts_per_question", "8", "--collect_revisions_per_draft", "0",
+                 "--collect_pair_right_drafts", "true", "--collect_revise_correct", "false"]),
+    "skip-first": ("no loss on each response's first token", ["--distill_skip_first_tokens", "1"]),
+    "lr-2x": ("Phase-2 learning rate 1e-5", ["--distill_learning_rate", "1e-5"]),
+}
+PAIRS = ROWS["pairs"][1]
+ROWS["pairs-both"] = ("pairs, and right drafts paired with another right draft after 'rephrase'",
+                      [f for f in PAIRS if f not in ("--collect_revise_correct", "false")])
+ROWS.update({
+    "pairs-skip-first": ("pairs + no loss on each response's first token", PAIRS + ROWS["skip-first"][1]),
+    "pairs-lr-2x": ("pairs + Phase-2 learning rate 1e-5", PAIRS + ROWS["lr-2x"][1]),
+    "pairs-standalone": ("pairs + the standalone suffix ids", PAIRS + ROWS["standalone"][1]),
+    "pairs-srt-lr3x": ("pairs + SRT learning rate 3e-5", PAIRS + ["--srt_learning_rate", "3e-5"]),
+    "pairs-revision-only": ("pairs + SRT on L_revision alone", PAIRS + ["--srt_generation_loss", "false"]),
+})
+
+
+def run_dir(root: Path, row: str, seed: int) -> Path:
+    return root / f"{row}-seed{seed}"
+
+
+def run_row(root: Path, row: str, seed: int, extra: list[str]) -> None:
+    out = run_dir(root, row, seed)
+    if (out / "report" / "results.json").is_file():
+        print(f"[ablate] {row} seed {seed}: done before", flush=True)
+        return
+    cmd = [sys.executable, "-m", "sdzero", "run", *COMMON, *ROWS[row][1], "--seed", str(seed),
+           "--output_dir", str(out), *extra]
+    print("[ablate] " + " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def row_numbers(out: Path) -> dict[str, float]:
+    """One run's numbers for the table (NaN where a stage has not finished)."""
+    def metrics(stage: str) -> dict:
+        f = out / f"{stage}.json"
+        return json.loads(f.read_text())["metrics"] if f.is_file() else {}
+
+    nan = math.nan
+    base, srt, sdz = metrics("eval-base"), metrics("eval-srt"), metrics("eval-sdzero")
+    stats = {}
+    if (out / "phase1" / "sdzero.json").is_file():
+        stats = json.loads((out / "phase1" / "sdzero.json").read_text())["stats"]
+    log = out / "distill" / "log.jsonl"
+    hist = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+    stages = json.loads((out / "stages.json").read_text()) if (out / "stages.json").is_file() else {}
+    first, last = hist[:5], hist[-5:]
+    return {
+        "correction": srt.get("correction_rate", nan), "resample": srt.get("resample_accuracy_on_wrong", nan),
+        "base_correction": base.get("correction_rate", nan),
+        "kept_wrong": sum(stats.get(k, 0) for k in ("kept_from_wrong", "kept_draft_pairs", "kept_draft_pairs_wrong"))
+        if stats else nan,
+        "kept_right": stats.get("kept_from_right", 0) + stats.get("kept_draft_pairs_right", 0) if stats else nan,
+        "reward_first": _mean([h["reward"] for h in first]), "reward_last": _mean([h["reward"] for h in last]),
+        "teacher_above": _mean([h.get("teacher_above_student_wrong") for h in hist]),
+        "teacher_above_last": _mean([h.get("teacher_above_student_wrong") for h in last]),
+        "base_avg": base.get("avg@2", nan), "base_greedy": base.get("greedy_accuracy", nan),
+        "srt_avg": srt.get("avg@2", nan), "srt_greedy": srt.get("greedy_accuracy", nan),
+        "sdz_avg": sdz.get("avg@2", nan), "sdz_greedy": sdz.get("greedy_accuracy", nan),
+        "sdz_len": sdz.get("mean_response_tokens", nan),
+        "minutes": sum(s["seconds"] for k, s in stages.items() if isinstance(s, dict) and "seconds" in s) / 60,
+    }
+
+
+def cell(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    values = [v * scale for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table(root: Path, rows: list[str], seeds: list[int]) -> str:
+    head = ("| row | seeds | correction after SRT (%) | fresh resample (%) | Phase-1 tuples wrong->right / right | "
+            "Phase-2 reward first -> last 5 | teacher above student on wrong answers (all / last 5 steps) | "
+            "base avg@2 / greedy | SRT avg@2 / greedy | SD-Zero avg@2 / greedy | SD-Zero tokens | min |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for row in rows:
+        got = [row_numbers(run_dir(root, row, s)) for s in seeds if (run_dir(root, row, s) / "stages.json").is_file()]
+        if not got:
+            continue
+        col = lambda k: [g[k] for g in got]  # noqa: E731
+        lines.append(
+            f"| {row} | {len(got)} | {cell(col('correction'), 100)} | {cell(col('resample'), 100)} | "
+            f"{cell(col('kept_wrong'), digits=0)} / {cell(col('kept_right'), digits=0)} | "
+            f"{cell(col('reward_first'), digits=2)} -> {cell(col('reward_last'), digits=2)} | "
+            f"{cell(col('teacher_above'), digits=2)} / {cell(col('teacher_above_last'), digits=2)} | "
+            f"{cell(col('base_avg'), 100)} / {cell(col('base_greedy'), 100)} | "
+            f"{cell(col('srt_avg'), 100)} / {cell(col('srt_greedy'), 100)} | "
+            f"{cell(col('sdz_avg'), 100)} / {cell(col('sdz_greedy'), 100)} | {cell(col('sdz_len'))} | "
+            f"{cell(col('minutes'))} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--root", default="outputs/ablate")
+    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("extra", nargs="*", help="more `sdzero run` flags for every row (after --)")
+    args = ap.parse_args()
+    rows, seeds, root = args.rows.split(","), [int(s) for s in args.seeds.split(",")], Path(args.root)
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        ap.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    if not args.table_only:
+        for seed in seeds:
+            for row in rows:
+                run_row(root, row, seed, args.extra)
+    text = table(root, rows, seeds)
+    print(text)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "table.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
