@@ -1,19 +1,23 @@
 """Issue 13's ablation: which Phase-1 / Phase-2 setting makes the reviser a better fixer than resampling, and
 does Phase 2 then help? Measured on a validation split, never on the held-out set.
 
-Every row is one `sdzero run` on the embedded default with a few flags changed, evaluated on 200 validation
-questions (`--validation_size 200 --eval_split validation`; the held-out set is not touched). Rows and seeds
+Every row is one `sdzero run` on the embedded default with the paper's Phase-1 collection and a few flags
+changed (the row "pairs-8" is today's embedded default), evaluated on 200 validation questions
+(`--validation_size 200 --eval_split validation`; the held-out set is not touched). Rows and seeds
 already finished are skipped (each run resumes by itself), so the script can be stopped and started again.
 
     python scripts/ablate_reviser.py                         # every row, seed 0
     python scripts/ablate_reviser.py --rows fixed,pairs --seeds 0,1,2
     python scripts/ablate_reviser.py --table-only            # the table from what is on disk
 
+After each run, `answer_probe.py` measures the SRT model on 96 Phase-2 questions (the premise of Phase 2:
+does the teacher give the student's wrong answers less probability than the student does?).
+
 The table: the premise first (correction rate after SRT against the fresh-resample reference), then the
-Phase-1 tuples, Phase 2's reward (first / last 5 steps) and the answer-token probe (how often, on wrong
-responses, the teacher gives the response's own answer more probability than the student does), then
-validation avg@2 and greedy accuracy for base / SRT / SD-Zero, and the run's minutes. With several seeds,
-each cell is the mean and the +- is the sample standard deviation over seeds.
+Phase-1 tuples, the answer probe, Phase 2's reward (first / last 5 steps) and the answer-token probe (how
+often, on wrong responses, the teacher gives the response's own answer more probability than the student
+does), then validation avg@2 and greedy accuracy for base / SRT / SD-Zero, and the run's minutes. With
+several seeds, each cell is the mean and the +- is the sample standard deviation over seeds.
 """
 
 from __future__ import annotations
@@ -27,9 +31,13 @@ import sys
 from pathlib import Path
 
 COMMON = ["--validation_size", "200", "--eval_split", "validation"]
-# name -> (what it tests, flags on top of the embedded default)
+# Every row starts from the paper's Phase-1 collection (the embedded default before this ablation chose
+# pairs-8), so a row's flags say what it changes.
+PAPER_COLLECT = ["--collect_drafts_per_question", "1", "--collect_revisions_per_draft", "3",
+                 "--collect_revise_correct", "true", "--collect_pair_right_drafts", "false"]
+# name -> (what it tests, flags on top of the embedded default with PAPER_COLLECT)
 ROWS: dict[str, tuple[str, list[str]]] = {
-    "fixed": ("the embedded default with the six fixes (running suffix)", []),
+    "fixed": ("the embedded default with the six fixes (running suffix), the paper's collection", []),
     "standalone": ("suffix tokenized standalone (the old ids)", ["--suffix_tokenization", "standalone"]),
     "no-rephrase": ("only wrong drafts revised (official code)", ["--collect_revise_correct", "false"]),
     "phase1-x4": ("a Phase-1 set 4x larger (512 questions)", ["--phase1_size", "512"]),
@@ -64,10 +72,18 @@ def run_row(root: Path, row: str, seed: int, extra: list[str]) -> None:
     if (out / "report" / "results.json").is_file():
         print(f"[ablate] {row} seed {seed}: done before", flush=True)
         return
-    cmd = [sys.executable, "-m", "sdzero", "run", *COMMON, *ROWS[row][1], "--seed", str(seed),
+    cmd = [sys.executable, "-m", "sdzero", "run", *COMMON, *PAPER_COLLECT, *ROWS[row][1], "--seed", str(seed),
            "--output_dir", str(out), *extra]
     print("[ablate] " + " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
+
+
+def probe_row(root: Path, row: str, seed: int) -> None:
+    """The answer-token probe of the row's SRT model on 96 Phase-2 questions (scripts/answer_probe.py)."""
+    out = run_dir(root, row, seed)
+    if (out / "srt" / "model").is_dir() and not (out / "answer-probe.json").is_file():
+        subprocess.run([sys.executable, str(Path(__file__).with_name("answer_probe.py")), str(out),
+                        "--questions", "96"], check=True)
 
 
 def _mean(values: list[float]) -> float:
@@ -90,7 +106,12 @@ def row_numbers(out: Path) -> dict[str, float]:
     hist = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
     stages = json.loads((out / "stages.json").read_text()) if (out / "stages.json").is_file() else {}
     first, last = hist[:5], hist[-5:]
+    probe = json.loads((out / "answer-probe.json").read_text()) if (out / "answer-probe.json").is_file() else {}
     return {
+        "probe_above": probe.get("teacher_above_student_wrong", nan),
+        "probe_n": probe.get("answer_responses_wrong", nan),
+        "probe_t": probe.get("answer_logprob_teacher_wrong", nan),
+        "probe_s": probe.get("answer_logprob_student_wrong", nan),
         "correction": srt.get("correction_rate", nan), "resample": srt.get("resample_accuracy_on_wrong", nan),
         "base_correction": base.get("correction_rate", nan),
         "kept_wrong": sum(stats.get(k, 0) for k in ("kept_from_wrong", "kept_draft_pairs", "kept_draft_pairs_wrong"))
@@ -119,6 +140,8 @@ def cell(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 def table(root: Path, rows: list[str], seeds: list[int]) -> str:
     head = ("| row | seeds | correction after SRT (%) | fresh resample (%) | Phase-1 tuples wrong->right / right | "
+            "SRT model, 96 Phase-2 questions: teacher above student on wrong answers (share, n); answer log-prob "
+            "teacher / student | "
             "Phase-2 reward first -> last 5 | teacher above student on wrong answers (all / last 5 steps) | "
             "base avg@2 / greedy | SRT avg@2 / greedy | SD-Zero avg@2 / greedy | SD-Zero tokens | min |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -130,6 +153,8 @@ def table(root: Path, rows: list[str], seeds: list[int]) -> str:
         lines.append(
             f"| {row} | {len(got)} | {cell(col('correction'), 100)} | {cell(col('resample'), 100)} | "
             f"{cell(col('kept_wrong'), digits=0)} / {cell(col('kept_right'), digits=0)} | "
+            f"{cell(col('probe_above'), digits=2)} ({cell(col('probe_n'), digits=0)}); "
+            f"{cell(col('probe_t'), digits=2)} / {cell(col('probe_s'), digits=2)} | "
             f"{cell(col('reward_first'), digits=2)} -> {cell(col('reward_last'), digits=2)} | "
             f"{cell(col('teacher_above'), digits=2)} / {cell(col('teacher_above_last'), digits=2)} | "
             f"{cell(col('base_avg'), 100)} / {cell(col('base_greedy'), 100)} | "
@@ -144,7 +169,7 @@ def main() -> int:
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--root", default="outputs/ablate")
-    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--table-only", action="store_true", help="no runs, no probes: the table from what is on disk")
     ap.add_argument("extra", nargs="*", help="more `sdzero run` flags for every row (after --)")
     args = ap.parse_args()
     rows, seeds, root = args.rows.split(","), [int(s) for s in args.seeds.split(",")], Path(args.root)
@@ -155,6 +180,7 @@ def main() -> int:
         for seed in seeds:
             for row in rows:
                 run_row(root, row, seed, args.extra)
+                probe_row(root, row, seed)
     text = table(root, rows, seeds)
     print(text)
     root.mkdir(parents=True, exist_ok=True)

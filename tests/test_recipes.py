@@ -26,6 +26,9 @@ def test_recipe_parses_and_builds_its_configs(recipe):
         d = configs["distill"]
         assert (d.learning_rate, d.topk, d.teacher, d.questions_per_step) == (5e-6, 64, "frozen", 128)
         assert (tc.phase1_size, tc.phase2_size) == (10000, 9000) and mc.model == "Qwen/Qwen3-4B-Instruct-2507"
+        c = configs["collect"]  # the paper's collection, not `sdzero run`'s embedded default (pairs)
+        assert (c.drafts_per_question, c.revisions_per_draft, c.revise_correct, c.pair_right_drafts) == (1, 3, True,
+                                                                                                         False)
 
 
 def test_the_embedded_recipe_is_the_no_argument_default():

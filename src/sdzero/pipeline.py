@@ -31,8 +31,11 @@ from sdzero.errors import SDZeroError
 from sdzero.files import atomic_write_json, atomic_write_text
 
 # `sdzero run`'s own defaults for fields shared with the other commands: sized so that the whole pipeline
-# fits a laptop-class CPU (README, "The main job"). A recipe or flags override them.
-RUN_DEFAULTS = {"eval_size": 100, "phase1_size": 128, "phase2_size": 320, "max_new_tokens": 128}
+# fits a laptop-class CPU (README, "The main job"). A recipe or flags override them. The 200 validation
+# questions are reserved so that settings can be chosen on them (`--eval_split validation`) while the
+# held-out set stays unseen; reasoning-gym questions are generated, so reserving them costs nothing.
+RUN_DEFAULTS = {"eval_size": 100, "validation_size": 200, "phase1_size": 128, "phase2_size": 320,
+                "max_new_tokens": 128}
 
 STAGES = ("eval-base", "collect", "srt", "eval-srt", "distill", "eval-sdzero", "report")
 DISTRIBUTED_STAGES = ("srt", "distill")  # the others run on the main process only
@@ -48,13 +51,21 @@ class RunConfig:
                 "questions, for choosing settings without looking at the held-out set)."})
     eval_num_samples: int = field(default=2, metadata={"help": "k for the held-out evaluations (avg@k, pass@k)."})
     eval_revise: bool = field(default=True, metadata={"help": "Measure the generate-then-revise correction rate."})
-    collect_drafts_per_question: int = field(default=1, metadata={"help": "Phase 1: drafts per question."})
-    collect_revisions_per_draft: int = field(default=3, metadata={"help": "Phase 1: revisions per draft."})
-    collect_revise_correct: bool = field(default=True, metadata={"help": "Phase 1: also revise right drafts "
-                                                                         "(see `sdzero collect --help`)."})
-    collect_pair_right_drafts: bool = field(default=False, metadata={
-        "help": "Phase 1: keep (wrong draft, start over, right draft of the same question) tuples too (see "
-                "`sdzero collect --help`)."})
+    # Phase 1 collection on the embedded default is not the paper's (1 draft, 3 sampled revisions, right drafts
+    # rephrased): at 135M the reviser fixes ~5% of wrong drafts after "start over", against ~15% for a fresh
+    # sample, so the paper's collection keeps ~7 wrong->right tuples and SRT teaches copying. 8 drafts per
+    # question, each wrong draft paired with the question's right drafts (issue 13's ablation, RESULTS.md).
+    # `--collect_drafts_per_question 1 --collect_revisions_per_draft 3 --collect_revise_correct true
+    # --collect_pair_right_drafts false` is the paper's collection.
+    collect_drafts_per_question: int = field(default=8, metadata={"help": "Phase 1: drafts per question "
+                                                                          "(paper: 1)."})
+    collect_revisions_per_draft: int = field(default=0, metadata={"help": "Phase 1: revisions per draft "
+                                                                          "(paper: 3)."})
+    collect_revise_correct: bool = field(default=False, metadata={"help": "Phase 1: also revise right drafts "
+                                                                          "(paper: yes; see `sdzero collect --help`)."})
+    collect_pair_right_drafts: bool = field(default=True, metadata={
+        "help": "Phase 1: keep (wrong draft, start over, right draft of the same question) tuples too (not in the "
+                "paper; see `sdzero collect --help`)."})
     collect_drop_truncated: bool = field(default=True, metadata={"help": "Phase 1: drop revisions cut at the cap."})
     srt_learning_rate: float = field(default=1e-5, metadata={"help": "Phase 1 SRT learning rate."})
     srt_num_train_epochs: float = field(default=2.0, metadata={"help": "Phase 1 SRT epochs."})

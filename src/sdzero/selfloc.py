@@ -125,6 +125,7 @@ def answer_probe_metrics(total: Sequence[float]) -> dict[str, float | None]:
     n_fields = len(_PROBE_FIELDS)
     for c, name in enumerate(PROBE_CLASSES):
         n, t, s, above, first, answer, kl = total[c * n_fields : (c + 1) * n_fields]
+        out[f"answer_responses_{name}"] = int(n)  # responses whose answer was found among their tokens
         out[f"answer_logprob_teacher_{name}"] = t / n if n else None
         out[f"answer_logprob_student_{name}"] = s / n if n else None
         out[f"teacher_above_student_{name}"] = above / n if n else None
