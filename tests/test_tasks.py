@@ -192,5 +192,5 @@ def test_evaluating_on_an_empty_validation_split_is_a_clear_error(capsys):
 
     assert main(["eval", "--split", "validation", "--eval_size", "2"]) == 2
     assert "--validation_size" in capsys.readouterr().err
-    assert main(["run", "--eval_split", "validation", "--output_dir", "/nonexistent/x"]) == 2
+    assert main(["run", "--eval_split", "validation", "--validation_size", "0", "--output_dir", "/nonexistent/x"]) == 2
     assert "--validation_size" in capsys.readouterr().err

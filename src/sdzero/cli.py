@@ -13,18 +13,27 @@ from pathlib import Path
 from typing import Callable
 
 from sdzero.errors import SDZeroError
+from sdzero.files import check_output_dir, check_output_file
 
 
 def _parse(types: tuple, argv: list[str], prog: str, defaults: dict | None = None):
+    """Parse, then check every setting (finite numbers, ranges, each config's validate()) before any work."""
+    import yaml
     from trl import TrlParser
+
+    from sdzero.config import check_settings
 
     parser = TrlParser(types, prog=prog)
     if defaults:
         parser.set_defaults(**defaults)  # a command's own defaults; a YAML recipe and flags still win
     try:
-        return parser.parse_args_and_config(args=argv)
-    except (ValueError, FileNotFoundError) as e:  # broken YAML/unknown keys from the config file
+        parsed = parser.parse_args_and_config(args=argv)
+    except yaml.YAMLError as e:  # a syntax error in the --config file
+        raise SDZeroError(f"the --config file is not valid YAML: {' '.join(str(e).split())}") from e
+    except (ValueError, FileNotFoundError) as e:  # unknown keys in the config file, or no such file
         raise SDZeroError(f"bad configuration: {e}") from e
+    check_settings(*parsed)
+    return parsed
 
 
 def cmd_eval(argv: list[str]) -> int:
@@ -37,7 +46,7 @@ def cmd_eval(argv: list[str]) -> int:
     check_eval_split(ec.split, tc)
     task = load_task(tc)
     safe_task = task.name.replace("/", "_").replace(":", "-")
-    out = Path(ec.output or f"outputs/eval-{safe_task}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out = check_output_file(ec.output or f"outputs/eval-{safe_task}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     try:
         questions = task.split(tc.split_sizes(ec.split))[ec.split]
         print(f"[sdzero] eval {mc.model} on {task.name}: {len(questions)} {ec.split} questions, "
@@ -62,6 +71,7 @@ def cmd_collect(argv: list[str]) -> int:
                                 "sdzero collect")
     if tc.phase1_size < 1:
         raise SDZeroError("collect needs Phase-1 questions: set --phase1_size")
+    check_output_dir(cc.output_dir)
     task = load_task(tc)
     try:
         questions = task.split(tc.split_sizes("phase1"))["phase1"]
@@ -85,6 +95,7 @@ def cmd_srt(argv: list[str]) -> int:
     from sdzero.srt import SRTConfig, run_srt
 
     mc, sc = _parse((ModelConfig, SRTConfig), argv, "sdzero srt")
+    check_output_dir(sc.output_dir)
     summary = run_srt(mc.model, sc)
     losses = [h["loss"] for hs in summary["loss_history"].values() for h in hs]
     print(f"sdzero srt: {summary['tuples']} tuples -> {summary['revision_records']} revision + "
@@ -105,6 +116,7 @@ def cmd_distill(argv: list[str]) -> int:
                                 "sdzero distill")
     if tc.phase2_size < 1:
         raise SDZeroError("distill needs Phase-2 questions: set --phase2_size")
+    check_output_dir(dc.output_dir)
     task = load_task(tc)
     try:
         questions = task.split(tc.split_sizes("phase2"))["phase2"]

@@ -26,7 +26,7 @@ from typing import Any
 
 from sdzero.distill import history_totals, read_history, reward_curve
 from sdzero.errors import SDZeroError
-from sdzero.files import atomic_write_json, atomic_write_text
+from sdzero.files import atomic_write_json, atomic_write_text, check_output_dir
 
 BASELINES = ("rft", "grpo", "sdft")
 ROW_ORDER = ("base", "rft", "grpo", "sdft", "srt", "sdzero")  # the paper's Table 1 order
@@ -76,7 +76,7 @@ def run_compare(mc: Any, tc: Any, gc: Any, rc: Any, run_cfg: Any, cfg: CompareCo
         raise SDZeroError("sdzero compare runs in one process; launch it without accelerate launch")
     seeds, methods = cfg.seed_list(), cfg.method_list()
     out = Path(run_cfg.output_dir)  # compare's root: one folder per seed, and report/
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)  # a file, /proc or a read-only place fails here, before any work
     for seed in seeds:
         folder = out / f"seed-{seed}"
         print(f"[compare] seed {seed}: base / SRT / SD-Zero (sdzero run)", flush=True)

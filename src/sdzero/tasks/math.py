@@ -26,6 +26,8 @@ def load_rows(source: str, config: str | None = None, split: str = "train"):
         if path.suffix in FILE_FORMATS:
             if not path.is_file():
                 raise SDZeroError(f"dataset file not found: {source}")
+            if path.stat().st_size == 0:  # datasets would say "StopIteration"
+                raise SDZeroError(f"dataset file {source} is empty")
             # A local file loads in a blink: its "Generating train split" bar is noise.
             was_on = ds_logging.is_progress_bar_enabled()
             ds_logging.disable_progress_bar()
