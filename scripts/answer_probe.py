@@ -49,8 +49,10 @@ def main() -> int:
     dc.selfloc_samples, dc.save_steps = 0, 1
     trainer = DistillTrainer(model, task, questions, dc, SamplingParams(gc.max_new_tokens, gc.temperature, gc.top_p),
                              rc.phrases(read_meta(model)), tc.system_prompt, gc.backend, gc.batch_size, gc.seed)
-    m = trainer.train_step(0)
-    task.close()
+    try:
+        m = trainer.train_step(0)
+    finally:
+        task.close()
     out = {k: v for k, v in m.items() if k.startswith(("answer_", "teacher_above", "kl_share", "kl_"))}
     out.update(model=model, questions=len(questions), reward=m["reward"])
     Path(args.output or run / "answer-probe.json").write_text(json.dumps(out, indent=1) + "\n")

@@ -32,6 +32,9 @@ def heldout_eval(run: Path) -> dict[str, dict]:
     if "eval-sdzero" not in state:
         raise SystemExit(f"{run}: the run has not finished (no eval-sdzero stage in stages.json)")
     settings = state["settings"]
+    if settings.get("eval_split") != "validation":
+        raise SystemExit(f"{run}: its own evaluations already used the held-out set (eval_split "
+                         f"{settings.get('eval_split')!r}); see its report")
     pick = lambda cls: cls(**{f.name: settings[f.name] for f in fields(cls) if f.name in settings})  # noqa: E731
     mc, tc, gc, rc, cfg = (pick(c) for c in (ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, RunConfig))
     task = load_task(tc)
@@ -59,18 +62,20 @@ def table(runs: list[Path]) -> str:
     from sdzero.pipeline import results_table
 
     tables = {r: results_table(r / "heldout") for r in runs}
+    if not any(tables.values()):
+        raise SystemExit("no held-out evaluation on disk yet: run without --table-only first")
     k = next(m["samples_per_question"] for t in tables.values() for m in t.values())
     keys = [f"avg@{k}", "greedy_accuracy", f"pass@{k}", "correction_rate", "resample_accuracy_on_wrong",
             "right_to_right", "mean_response_tokens"]
     lines = ["| run | model | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for r, t in tables.items():
-        lines += [f"| {r.name} | {model} | " + " | ".join(f"{m[key]:.3f}" for key in keys) + " |"
-                  for model, m in t.items()]
+        lines += [f"| {r.name} | {model} | " + " | ".join("-" if m.get(key) is None else f"{m[key]:.3f}"
+                                                           for key in keys) + " |" for model, m in t.items()]
     if len(runs) > 1:
         for model in next(iter(tables.values())):
             cells = []
             for key in keys:
-                vals = [t[model][key] for t in tables.values() if model in t and t[model][key] is not None]
+                vals = [t[model][key] for t in tables.values() if t.get(model, {}).get(key) is not None]
                 sd = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
                 cells.append(f"{statistics.mean(vals):.3f}{sd}" if vals else "-")
             lines.append(f"| **mean of {len(runs)}** | {model} | " + " | ".join(cells) + " |")

@@ -39,8 +39,30 @@ def test_eval_rejects_bad_numbers_before_loading_anything(capsys, tmp_path, flag
 def test_distill_rejects_a_nan_learning_rate(capsys, tmp_path):
     assert "--learning_rate must be a finite number, not nan" in run_error(
         capsys, "distill", *FAST, "--learning_rate", "nan", "--output_dir", str(tmp_path / "d"))
-    assert "--learning_rate must be above 0" in run_error(
+    assert "--learning_rate must be 0 or more" in run_error(
         capsys, "distill", *FAST, "--learning_rate=-1e-5", "--output_dir", str(tmp_path / "d"))
+
+
+def test_training_sizes_are_checked_before_any_stage_runs(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert "per_device_train_batch_size must be at least 1" in run_error(
+        capsys, "run", *FAST, "--srt_batch_size", "0", "--output_dir", str(out))
+    assert "num_train_epochs must be above 0" in run_error(
+        capsys, "srt", "--num_train_epochs", "0", "--data_dir", str(tmp_path), "--output_dir", str(out))
+    assert "max_grad_norm above 0" in run_error(capsys, "distill", *FAST, "--max_grad_norm", "0", "--output_dir",
+                                                str(out))
+    assert "grpo_num_generations must be at least 2" in run_error(
+        capsys, "compare", *FAST, "--grpo_num_generations", "1", "--output_dir", str(out))
+    assert "sdft_teacher must be" in run_error(capsys, "compare", *FAST, "--sdft_teacher", "x", "--output_dir",
+                                               str(out))
+    assert not (out / "stages.json").exists()
+
+
+def test_settings_that_are_legitimate_pass():
+    from sdzero.config import check_settings
+    from sdzero.distill import DistillConfig
+
+    check_settings(DistillConfig(learning_rate=0.0, max_grad_norm=float("inf")))  # a probe step; no clipping
 
 
 def test_a_folder_that_is_not_a_model_is_named(capsys, tmp_path):

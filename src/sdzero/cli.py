@@ -44,6 +44,8 @@ def cmd_eval(argv: list[str]) -> int:
     mc, tc, gc, rc, ec = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, EvalConfig), argv,
                                 "sdzero eval")
     check_eval_split(ec.split, tc)
+    if ec.output:
+        check_output_file(ec.output)  # before the task loads (a download, a sandbox)
     task = load_task(tc)
     safe_task = task.name.replace("/", "_").replace(":", "-")
     out = check_output_file(ec.output or f"outputs/eval-{safe_task}-{time.strftime('%Y%m%d-%H%M%S')}.json")

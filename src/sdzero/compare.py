@@ -58,6 +58,22 @@ class CompareConfig:
             raise SDZeroError("compare needs at least one seed")
         return seeds
 
+    def validate(self) -> None:
+        """Every baseline's settings, checked before seed 0's SD-Zero run rather than after it."""
+        self.seed_list()
+        self.method_list()
+        for name in ("rft_samples_per_question", "grpo_questions_per_step", "sdft_questions_per_step"):
+            if getattr(self, name) < 1:
+                raise SDZeroError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.grpo_num_generations < 2:
+            raise SDZeroError("grpo_num_generations must be at least 2: an advantage is relative to the group")
+        if not self.rft_num_train_epochs > 0:
+            raise SDZeroError(f"rft_num_train_epochs must be above 0, not {self.rft_num_train_epochs}")
+        if self.sdft_teacher not in ("frozen", "sync", "ema"):
+            raise SDZeroError(f"sdft_teacher must be frozen, sync or ema, not {self.sdft_teacher!r}")
+        if self.budget_generations is not None and self.budget_generations < 1:
+            raise SDZeroError(f"budget_generations must be at least 1, not {self.budget_generations}")
+
     def method_list(self) -> list[str]:
         methods = [m.strip().lower() for m in self.methods.split(",") if m.strip()]
         unknown = sorted(set(methods) - set(BASELINES))

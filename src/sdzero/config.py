@@ -172,18 +172,19 @@ class GenerationConfig:
 
 
 def check_settings(*configs: Any) -> None:
-    """What every command checks before any work: no NaN or infinite number in any setting, a positive learning
-    rate, and each config's own `validate()`. One clear error naming the setting."""
+    """What every command checks before any work: no NaN or infinite number in any setting (max_grad_norm may be
+    inf: no clipping), no negative learning rate, and each config's own `validate()`. One clear error naming
+    the setting."""
     import dataclasses
     import math
 
     for cfg in configs:
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
+            if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and f.name != "max_grad_norm")):
                 raise SDZeroError(f"--{f.name} must be a finite number, not {value}")
-            if f.name.endswith("learning_rate") and isinstance(value, (int, float)) and value <= 0:
-                raise SDZeroError(f"--{f.name} must be above 0, not {value}")
+            if f.name.endswith("learning_rate") and isinstance(value, (int, float)) and value < 0:
+                raise SDZeroError(f"--{f.name} must be 0 or more, not {value}")
         validate = getattr(cfg, "validate", None)
         if callable(validate):
             validate()

@@ -136,6 +136,12 @@ class DistillConfig:
                      "loss_chunk_size", "save_steps"):
             if getattr(self, name) < 1:
                 raise SDZeroError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("max_prompt_tokens", "max_teacher_tokens"):
+            if getattr(self, name) < 1:
+                raise SDZeroError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.warmup_steps < 0 or not self.max_grad_norm > 0:
+            raise SDZeroError(f"warmup_steps must be 0 or more and max_grad_norm above 0, not {self.warmup_steps} "
+                              f"and {self.max_grad_norm}")
         if self.skip_first_tokens < 0:
             raise SDZeroError(f"skip_first_tokens must be 0 or more, not {self.skip_first_tokens}")
         if not 0.0 <= self.beta <= 1.0:

@@ -85,8 +85,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, user_file_mode())
         with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), user_file_mode())
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

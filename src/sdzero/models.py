@@ -98,22 +98,22 @@ def embedded_model_dir() -> Path:
 def resolve_model_path(name: str) -> str:
     if is_embedded(name):
         return str(embedded_model_dir())
-    check_local_model(name)
-    return name
+    return check_local_model(name)
 
 
-def check_local_model(name: str) -> None:
+def check_local_model(name: str) -> str:
     """A name that is a local path must be a model folder. A hub id ("org/name") that does not exist on disk
     is left to the hub; an absolute or ./-relative path never is, so the error talks about the folder."""
     path = Path(name).expanduser()
     looks_local = path.exists() or name.startswith(("/", "./", "../", "~")) or name in (".", "..")
     if not looks_local:
-        return
+        return name
     if not path.exists():
         raise SDZeroError(f"--model {name}: no such folder")
     if not path.is_dir() or not (path / "config.json").is_file():
         raise SDZeroError(f"--model {name} is not a model folder (no config.json in it); give a folder written by "
                           "save_pretrained (e.g. OUTPUT_DIR/model of `sdzero srt`) or a hub name")
+    return str(path)
 
 
 def cpu_supports_bf16() -> bool:

@@ -174,6 +174,7 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
     sampling = SamplingParams(gc.max_new_tokens, gc.temperature, gc.top_p)
     srt_model, sdzero_model = out / "srt" / "model", out / "distill" / "model"
     processes = _processes()
+    configs["distill"].validate(processes.num_processes)  # e.g. questions_per_step vs processes: now, not hours later
 
     def run_stage(name: str, fn: Callable[[], dict[str, Any]]) -> None:
         nonlocal state

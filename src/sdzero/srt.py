@@ -69,6 +69,12 @@ class SRTConfig:
             raise SDZeroError(f"mode must be joint or sequential, not {self.mode!r}")
         if not (self.revision_loss or self.generation_loss):
             raise SDZeroError("both loss terms are switched off: nothing to train")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "save_steps",
+                     "logging_steps", "lora_r"):
+            if getattr(self, name) < 1:
+                raise SDZeroError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not self.num_train_epochs > 0:
+            raise SDZeroError(f"num_train_epochs must be above 0, not {self.num_train_epochs}")
 
 
 def build_revision_record(prompt_ids: Sequence[int], y_init_ids: Sequence[int], suffix_ids: Sequence[int],
