@@ -64,17 +64,13 @@ class CollectConfig:
                                                                      "truncated to fit, never the question."})
 
     def validate(self) -> None:
-        _validate(self)
-
-
-def _validate(cfg: "CollectConfig") -> None:
-    if cfg.drafts_per_question < 1 or cfg.revisions_per_draft < 0 or cfg.chunk_size < 1:
-        raise SDZeroError("drafts_per_question and chunk_size must be >= 1, revisions_per_draft >= 0")
-    if cfg.revisions_per_draft == 0 and not cfg.pair_right_drafts:
-        raise SDZeroError("revisions_per_draft=0 keeps nothing unless pair_right_drafts is on")
-    if cfg.pair_right_drafts and cfg.drafts_per_question < 2:
-        raise SDZeroError("pair_right_drafts needs drafts_per_question >= 2 (a wrong and a right draft of one "
-                          "question)")
+        if self.drafts_per_question < 1 or self.revisions_per_draft < 0 or self.chunk_size < 1:
+            raise SDZeroError("drafts_per_question and chunk_size must be >= 1, revisions_per_draft >= 0")
+        if self.revisions_per_draft == 0 and not self.pair_right_drafts:
+            raise SDZeroError("revisions_per_draft=0 keeps nothing unless pair_right_drafts is on")
+        if self.pair_right_drafts and self.drafts_per_question < 2:
+            raise SDZeroError("pair_right_drafts needs drafts_per_question >= 2 (a wrong and a right draft of one "
+                              "question)")
 
 
 def trim_repeated_tail(ids: Sequence[int], decode: Callable[[list[int]], str] | None = None, min_repeats: int = 3,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sdzero.distill import history_totals, read_history, reward_curve
-from sdzero.errors import SDZeroError
+from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import atomic_write_json, atomic_write_text, check_output_dir
 
 BASELINES = ("rft", "grpo", "sdft")
@@ -62,9 +62,7 @@ class CompareConfig:
         """Every baseline's settings, checked before seed 0's SD-Zero run rather than after it."""
         self.seed_list()
         self.method_list()
-        for name in ("rft_samples_per_question", "grpo_questions_per_step", "sdft_questions_per_step"):
-            if getattr(self, name) < 1:
-                raise SDZeroError(f"{name} must be at least 1, not {getattr(self, name)}")
+        require_at_least(self, 1, "rft_samples_per_question", "grpo_questions_per_step", "sdft_questions_per_step")
         if self.grpo_num_generations < 2:
             raise SDZeroError("grpo_num_generations must be at least 2: an advantage is relative to the group")
         if not self.rft_num_train_epochs > 0:

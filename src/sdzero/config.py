@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sdzero.chat import ControlPhrases
-from sdzero.errors import SDZeroError
+from sdzero.errors import SDZeroError, require_at_least
 
 # One-digit, two-term arithmetic: SmolLM2-135M-Instruct starts in the 20-40% band (RESULTS.md)
 # and the generator has thousands of distinct questions, so Phase-1/Phase-2/eval splits stay disjoint.
@@ -82,9 +82,7 @@ class TaskConfig:
     verify_timeout: float = field(default=5.0, metadata={"help": "Seconds allowed per math-verify comparison."})
 
     def validate(self) -> None:
-        for name in ("eval_size", "validation_size", "phase1_size", "phase2_size"):
-            if getattr(self, name) < 0:
-                raise SDZeroError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        require_at_least(self, 0, "eval_size", "validation_size", "phase1_size", "phase2_size")
         if not self.verify_timeout > 0:
             raise SDZeroError(f"verify_timeout must be above 0 seconds, not {self.verify_timeout}")
 
@@ -162,9 +160,7 @@ class GenerationConfig:
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
 
     def validate(self) -> None:
-        for name in ("max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise SDZeroError(f"{name} must be at least 1, not {getattr(self, name)}")
+        require_at_least(self, 1, "max_new_tokens", "batch_size")
         if not self.temperature >= 0:
             raise SDZeroError(f"temperature must be 0 (greedy) or more, not {self.temperature}")
         if not 0 < self.top_p <= 1:

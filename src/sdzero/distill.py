@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from sdzero.errors import SDZeroError
+from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import atomic_write_json, atomic_write_text
 
 DIVERGENCES = {"topk": ("forward", "reverse", "mixed"), "full": ("forward", "reverse", "mixed", "jsd"),
@@ -132,13 +132,8 @@ class DistillConfig:
             raise SDZeroError(f"ema_rate must be in (0, 1], not {self.ema_rate}")
         if self.teacher == "sync" and self.teacher_sync_steps < 1:
             raise SDZeroError("teacher_sync_steps must be at least 1")
-        for name in ("max_steps", "questions_per_step", "samples_per_question", "micro_batch_size", "topk",
-                     "loss_chunk_size", "save_steps"):
-            if getattr(self, name) < 1:
-                raise SDZeroError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("max_prompt_tokens", "max_teacher_tokens"):
-            if getattr(self, name) < 1:
-                raise SDZeroError(f"{name} must be at least 1, not {getattr(self, name)}")
+        require_at_least(self, 1, "max_steps", "questions_per_step", "samples_per_question", "micro_batch_size",
+                         "topk", "loss_chunk_size", "save_steps", "max_prompt_tokens", "max_teacher_tokens")
         if self.warmup_steps < 0 or not self.max_grad_norm > 0:
             raise SDZeroError(f"warmup_steps must be 0 or more and max_grad_norm above 0, not {self.warmup_steps} "
                               f"and {self.max_grad_norm}")

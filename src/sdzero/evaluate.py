@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sdzero.chat import ControlPhrases, chat_prompt_ids, reviser_context_ids
-from sdzero.errors import SDZeroError
+from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import atomic_write_json
 from sdzero.generation import Generator, SamplingParams
 from sdzero.metrics import mean_pass_at_k, report_ks
@@ -47,9 +47,7 @@ class EvalConfig:
     save_samples: bool = field(default=True, metadata={"help": "Keep every response in the JSON report."})
 
     def validate(self) -> None:
-        for name in ("num_samples", "max_prompt_tokens", "max_reviser_tokens"):
-            if getattr(self, name) < 1:
-                raise SDZeroError(f"{name} must be at least 1, not {getattr(self, name)}")
+        require_at_least(self, 1, "num_samples", "max_prompt_tokens", "max_reviser_tokens")
 
 
 def check_eval_split(split: str, tc: Any) -> None:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from sdzero.errors import SDZeroError
+from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import atomic_write_json, make_temp_dir
 
 IGNORE = -100
@@ -69,10 +69,8 @@ class SRTConfig:
             raise SDZeroError(f"mode must be joint or sequential, not {self.mode!r}")
         if not (self.revision_loss or self.generation_loss):
             raise SDZeroError("both loss terms are switched off: nothing to train")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "save_steps",
-                     "logging_steps", "lora_r"):
-            if getattr(self, name) < 1:
-                raise SDZeroError(f"{name} must be at least 1, not {getattr(self, name)}")
+        require_at_least(self, 1, "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+                         "save_steps", "logging_steps", "lora_r")
         if not self.num_train_epochs > 0:
             raise SDZeroError(f"num_train_epochs must be above 0, not {self.num_train_epochs}")
 
