@@ -97,3 +97,45 @@ def test_eval_on_humaneval_with_the_tiny_model(tiny_model_dir, tmp_path):
     assert report["metrics"]["avg@1"] == 0.0  # random bytes do not pass HumanEval
     assert sum(report["metrics"]["verdicts"].values()) == 2
     assert report["questions"][0]["verdicts"][0]["status"] in ("fail", "error", "timeout")
+
+
+# Reward hacks a policy under RL finds first: each is a WRONG function that ends the process "cleanly".
+HACKS = {
+    "os._exit(0)": "import os\nos._exit(0)\n",
+    "exit(0) before the tests": "import sys\nsys.exit(0)\n",
+    "exit(256)": "exit(256)\n",  # 256 & 0xFF == 0
+    "atexit exits 0": "import atexit, os\natexit.register(lambda: os._exit(0))\n",
+    "excepthook exits 0": "import sys, os\nsys.excepthook = lambda *a: os._exit(0)\n",
+    "rebinds a builtin the tests use": "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.all = lambda x: True\n",
+}
+
+
+def test_reward_hacks_do_not_pass_function_tests(tmp_path):
+    """Written after an attacker's report: every one of these was judged "pass" by exit code alone."""
+    row = {"task_id": 1, "text": "Write add(a, b).", "code": "def add(a, b): return a+b",
+           "test_list": ["assert add(1, 2) == 3", "assert abs(add(-1, 1)) == 0", "assert all([add(2, 2) == 4])"]}
+    task = load_task(TaskConfig(task=f"code:mbpp:{write_jsonl(tmp_path / 'mbpp.jsonl', [row])}"))
+    q = task.split({"eval": 1})["eval"][0]
+    wrong = "def add(a, b):\n    return 7\n"
+    responses = {name: f"```python\n{wrong}{hack}```" for name, hack in HACKS.items()}
+    responses["object whose __eq__ says True"] = (
+        "```python\nclass Anything:\n    def __eq__(self, other):\n        return True\n    __ne__ = __eq__\n"
+        "    def __abs__(self):\n        return self\n"
+        "def add(a, b):\n    return Anything()\n```")
+    responses["list subclass whose __eq__ says True"] = (
+        "```python\nclass L(list):\n    def __eq__(self, other):\n        return True\n"
+        "def add(a, b):\n    return L()\n```")
+    verdicts = task.verdicts([(q, r) for r in responses.values()])
+    judged = {name: v["status"] for name, v in zip(responses, verdicts)}
+    assert all(status != "pass" for status in judged.values()), judged
+    honest = task.verdicts([(q, "```python\nimport atexit\natexit.register(print, 'bye')\ndef add(a, b):\n"
+                                "    return a + b\nif __name__ == '__main__':\n    print(input())\n```")])
+    assert honest[0]["status"] == "pass", honest  # an atexit of its own or a __main__ block is not punished
+    task.close()
+
+
+def test_humaneval_hacks_do_not_pass(humaneval):
+    q = humaneval.split({"eval": 1})["eval"][0]  # has_close_elements
+    wrong = "def has_close_elements(numbers, threshold):\n    return 'x'\n"
+    verdicts = humaneval.verdicts([(q, f"```python\n{wrong}{hack}```") for hack in HACKS.values()])
+    assert [v["status"] for v in verdicts].count("pass") == 0, verdicts

@@ -182,8 +182,12 @@ def test_attack_battery(sandbox, isolation, canaries, victim, listener, monkeypa
 def test_a_correct_program_passes_and_reads_stdin(sandbox):
     r = sandbox.run_python("import sys\nprint(sum(int(x) for x in sys.stdin.read().split()))", stdin="1 2 3\n")
     assert judge(r, "6") == "pass" and judge(r, "7") == "fail"
-    assert judge(sandbox.run_python("assert 1 == 2"), None) == "fail"
-    assert judge(sandbox.run_python("raise ValueError('boom')"), None) == "error"
+    assert judge(sandbox.run_python("assert 1 == 2"), verdict_key="k") == "fail"
+    assert judge(sandbox.run_python("raise ValueError('boom')"), verdict_key="k") == "error"
+    assert judge(sandbox.run_python("print('k')"), verdict_key="k") == "pass"
+    assert judge(sandbox.run_python("print('k')\nprint('more')"), verdict_key="k") == "fail"  # the key comes last
+    with pytest.raises(ValueError, match="exit code alone"):
+        judge(sandbox.run_python("pass"))
 
 
 def test_environment_is_scrubbed(sandbox, monkeypatch):
@@ -227,3 +231,145 @@ def _ppid(pid: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+# ---------------------------------------------------------------- one budget per job (cgroups)
+
+def needs(isolation, key):
+    if not isolation.get(key):
+        pytest.skip(f"{key} is not enforced on this machine: {isolation}")
+
+
+HOLD_IN_CHILDREN = """
+import os, select, sys, time
+r, w = os.pipe()
+kids = []
+for _ in range({children}):
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+{allocate}
+            os.write(w, b"x")
+            time.sleep(3)
+        finally:
+            os._exit(0)
+    kids.append(pid)
+os.close(w)
+got, deadline = 0, time.time() + 5
+while got < {children} and select.select([r], [], [], max(0, deadline - time.time()))[0]:
+    chunk = os.read(r, 100)
+    if not chunk:
+        break
+    got += len(chunk)
+alive = sum(os.waitpid(k, os.WNOHANG) == (0, 0) for k in kids)
+print("held", alive * {mb}, "MB at once", file=sys.stderr)
+if alive * {mb} > {cap}:
+    print(42)
+"""
+
+MEMORY_PAYLOADS = {  # each child holds 100 MB, under the per-process address-space limit of 256 MB
+    "anonymous memory": "            b = bytearray(100 << 20)\n            b[::4096] = b'x' * len(b[::4096])\n",
+    "memfd files": "            fds = [os.memfd_create('m') for _ in range(25)]\n"
+                   "            [os.write(fd, b'x' * (4 << 20)) for fd in fds]\n",
+}
+
+
+@pytest.mark.parametrize("payload", sorted(MEMORY_PAYLOADS))
+def test_memory_is_one_budget_for_the_whole_job(sandbox, isolation, payload):
+    """6 children x 100 MB: each is under the per-process cap; together they are over the job's 272 MB."""
+    needs(isolation, "job_memory")
+    cap = LIMITS.memory_mb + LIMITS.disk_mb
+    source = HOLD_IN_CHILDREN.format(children=6, allocate=MEMORY_PAYLOADS[payload], mb=100, cap=cap)
+    r = sandbox.run_python(source, limits=Limits(wall_s=20, cpu_s=10, memory_mb=256, processes=16, file_mb=4,
+                                                 disk_mb=16))
+    assert judge(r, expected_stdout="42") != "pass", r
+    assert r.peak_memory_mb is not None and r.peak_memory_mb <= cap, r.peak_memory_mb
+
+
+def test_cpu_time_is_one_budget_for_the_whole_job(sandbox, isolation):
+    """3 children x 1.5 CPU-seconds, each under cpu_s=2: the job as a whole is not."""
+    needs(isolation, "job_cpu_time")
+    source = ("import os, time\nkids = []\nfor _ in range(3):\n    pid = os.fork()\n    if pid == 0:\n"
+              "        while time.process_time() < 1.5:\n            pass\n        os._exit(0)\n    kids.append(pid)\n"
+              "for k in kids:\n    os.waitpid(k, 0)\nprint(42)\n")
+    r = sandbox.run_python(source, limits=Limits(wall_s=30, cpu_s=2, memory_mb=256, processes=16))
+    assert judge(r, expected_stdout="42") == "timeout", r
+    assert "all processes" in r.reason
+
+
+def test_one_job_with_many_busy_children_does_not_starve_its_neighbours(isolation):
+    needs(isolation, "fair_cpu_share")
+    hog = ("import os\nfor _ in range(31):\n    if os.fork() == 0:\n        os.setsid()\n        while True:\n"
+           "            pass\nwhile True:\n    pass\n")
+    honest = "import time\nwhile time.process_time() < 0.5:\n    pass\nprint(42)\n"
+    jobs = [Job(files={"main.py": hog}, expected_stdout="42")] + \
+        [Job(files={"main.py": honest}, expected_stdout="42") for _ in range(3)]
+    with SandboxPool(workers=4, limits=Limits(wall_s=8, cpu_s=5, processes=64)) as pool:
+        verdicts = pool.map(jobs)
+    assert verdicts[0].status == "timeout"
+    assert [v.status for v in verdicts[1:]] == ["pass"] * 3, verdicts
+
+
+@pytest.mark.skipif(not ROOT, reason="the uid drop (and so the seccomp filter after it) needs root")
+def test_no_new_user_namespaces_inside(sandbox):
+    """Inside a user namespace of its own a program could mount an uncapped tmpfs."""
+    source = ("import ctypes, subprocess\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+              "ok = libc.unshare(0x10000000) == 0\n"  # CLONE_NEWUSER
+              "try:\n    ok |= subprocess.run(['unshare', '-Ur', 'true']).returncode == 0\n"
+              "except OSError:\n    pass\nif ok:\n    print(42)\n")
+    r = sandbox.run_python(source)
+    assert r.exit_code == 0 and judge(r, expected_stdout="42") == "fail", r
+    threads = sandbox.run_python("import threading, subprocess\nt = threading.Thread(target=print, args=(1,))\n"
+                                 "t.start(); t.join()\nprint(subprocess.run(['echo', '2'], capture_output=True)"
+                                 ".stdout.decode().strip())\n")
+    assert threads.stdout.split() == ["1", "2"], threads  # threads and subprocesses still work
+
+
+@pytest.mark.skipif(not ROOT, reason="keyrings are per uid; the uid drop needs root")
+def test_kernel_keys_do_not_survive_into_the_next_run():
+    one_uid = Sandbox(LIMITS, uids=range(UID_BASE + UID_COUNT - 1, UID_BASE + UID_COUNT))
+    add = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+           "key = libc.syscall(248, b'user', b'sdzero-left-behind', b'secret', 6, ctypes.c_long(-4))\n"  # add_key
+           "print('added' if key > 0 else 'refused')\n")
+    find = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "key = libc.syscall(250, 10, ctypes.c_long(-4), b'user', b'sdzero-left-behind', 0)\n"  # keyctl search
+            "if key > 0:\n    print(42)\n")
+    first = one_uid.run_python(add)
+    if first.stdout.strip() != "added":
+        pytest.skip(f"this kernel does not let the program add a key: {first}")
+    assert judge(one_uid.run_python(find), expected_stdout="42") == "fail"
+
+
+@pytest.mark.skipif(not ROOT, reason="the uid lease matters where the sandbox switches uid (root)")
+def test_two_processes_judging_at_once_never_share_a_uid(tmp_path):
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _uid_script(), str(tmp_path / f"ready{i}"), str(go)],
+                              stdout=subprocess.PIPE, text=True) for i in range(2)]
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+    go.write_text("go")  # both start their programs at the same moment
+    uids = [set(p.communicate(timeout=120)[0].split()) for p in procs]
+    assert all(len(u) == 3 for u in uids), uids
+    assert not uids[0] & uids[1], uids
+
+
+def _uid_script() -> str:
+    """A process that waits for a start signal, then runs 3 programs at once, printing the uid each ran as."""
+    return ("import os, sys, time\nfrom concurrent.futures import ThreadPoolExecutor\n"
+            "from sdzero.sandbox import Limits, Sandbox\n"
+            "box = Sandbox(Limits(wall_s=20))\nbox.isolation()\nopen(sys.argv[1], 'w').write('ready')\n"
+            "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.01)\n"
+            "src = 'import os, time\\nprint(os.getuid())\\ntime.sleep(1.5)'\n"
+            "with ThreadPoolExecutor(3) as ex:\n    runs = list(ex.map(lambda _: box.run_python(src), range(3)))\n"
+            "print(' '.join(r.stdout.strip() for r in runs))\n")
+
+
+def test_the_reason_of_a_kill_is_the_real_one(sandbox, isolation):
+    r = sandbox.run_python("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    assert r.signal == 9 and r.reason == "killed by SIGKILL" and not r.timed_out, r
+    if isolation.get("job_memory"):  # memfd pages are outside the address-space limit, inside the job's budget
+        hog = "import os\nheld = []\nwhile True:\n    held.append(os.memfd_create('m'))\n" \
+              "    os.write(held[-1], b'x' * (4 << 20))\n"
+        r = sandbox.run_python(hog, limits=Limits(wall_s=20, cpu_s=10, memory_mb=256, file_mb=4, open_files=1000))
+        assert r.signal == 9 and r.reason == "out of memory (the job's memory budget)", r

@@ -6,33 +6,45 @@ Every program runs through `_launcher.py` (see its docstring for the exact steps
 - a root filesystem built from an allowlist: the system directories read-only, size-capped private tmpfs
   on /tmp and /dev/shm as the only writable places, a fresh /proc that shows only the sandbox's own
   processes; nothing else of the host (the checkout, /home, ...) exists inside;
-- an unprivileged uid of its own (one per concurrent run, none shared with anything else), no groups;
-- limits on CPU time, wall time, address space, processes, file size (stdout/stderr included) and open
-  files; a scrubbed environment.
-Where the kernel refuses namespaces (not root, locked-down container), the launcher falls back to a
-private directory, rlimits, the uid drop when possible and cleanup by uid, and `isolation()` says so: the
-network is then NOT blocked.
+- an unprivileged uid of its own, leased through a lock file per uid, so no two runs on the machine share
+  one, whichever process started them; no groups; a fresh session keyring, its uid's keyrings emptied
+  before and after the run (kernel keys outlive processes);
+- one budget for the whole job through cgroups (see cgroups.py): memory of all its processes with tmpfs
+  and memfd pages (memory_mb + disk_mb), CPU seconds of the whole process tree (polled, then killed),
+  process count, and an equal CPU share per job however many processes it starts;
+- no new user namespaces (a seccomp filter), so no mounts of its own;
+- per-process limits on CPU time, wall time, address space, processes, file size (stdout/stderr included)
+  and open files; a scrubbed environment.
+Where the kernel refuses namespaces or cgroups (not root, locked-down container), the launcher falls back
+to a private directory, rlimits, the uid drop when possible and cleanup by uid, and `isolation()` says
+what is not enforced: without namespaces the network is NOT blocked; without cgroups the budgets are per
+process.
 
-`Sandbox.run` returns a `RunResult`; `judge` turns it into pass / fail / timeout / error.
+`Sandbox.run` returns a `RunResult` (with the real cause of a kill); `judge` turns it into pass / fail /
+timeout / error, and never passes on an exit code alone (see harness.py for function tests).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
+from sdzero.sandbox import cgroups
+
 LAUNCHER = Path(__file__).with_name("_launcher.py")
+HARNESS = Path(__file__).with_name("harness.py")
 UID_BASE, UID_COUNT = 61000, 512  # uids no account uses: each concurrent run gets one to itself
 
 Status = Literal["pass", "fail", "timeout", "error"]
@@ -60,6 +72,8 @@ class RunResult:
     stderr_tail: str
     reason: str = ""  # why it ended when not a clean exit: "wall time limit", "killed by SIGSEGV", ...
     isolation: dict[str, Any] = field(default_factory=dict)
+    stdout_end: str = ""  # the last bytes of stdout, however long it was (where the harness's key is)
+    peak_memory_mb: float | None = None  # the whole job's peak (processes, tmpfs, memfd), where cgroups count it
 
     @property
     def ok(self) -> bool:
@@ -73,24 +87,34 @@ def _signal_name(sig: int) -> str:
         return f"signal {sig}"
 
 
-class _UidPool:
-    def __init__(self) -> None:
-        self._free = list(range(UID_BASE, UID_BASE + UID_COUNT))
-        self._cond = threading.Condition()
+class UidLease:
+    """A uid no other sandbox run on this machine uses while held, in any process: one lock file per uid
+    (flock, released by the kernel when the holder closes it or dies). Two accelerate ranks judging code at
+    once used to start from the same uid, so one's cleanup killed the other's programs."""
 
-    def acquire(self) -> int:
-        with self._cond:
-            while not self._free:
-                self._cond.wait()
-            return self._free.pop(0)
+    def __init__(self, uids: range):
+        self.uids = uids
+        self.folder = Path("/run/sdzero-sandbox" if os.geteuid() == 0 and os.path.isdir("/run") else
+                           Path(tempfile.gettempdir()) / f"sdzero-sandbox-{os.geteuid()}")
 
-    def release(self, uid: int) -> None:
-        with self._cond:
-            self._free.append(uid)
-            self._cond.notify()
+    def acquire(self) -> tuple[int, int]:
+        """(uid, lock fd); waits while every uid is taken."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        start = secrets.randbelow(len(self.uids))  # processes starting together try different uids first
+        while True:
+            for i in range(len(self.uids)):
+                uid = self.uids[(start + i) % len(self.uids)]
+                fd = os.open(self.folder / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return uid, fd
+                except BlockingIOError:
+                    os.close(fd)
+            time.sleep(0.02)
 
-
-_UIDS = _UidPool()
+    @staticmethod
+    def release(fd: int) -> None:
+        os.close(fd)
 
 
 def processes_of_uid(uid: int) -> list[int]:
@@ -140,21 +164,24 @@ def _install_prefix(exe: str) -> str:
 
 
 class Sandbox:
-    def __init__(self, limits: Limits = Limits(), python: str | None = None, use_namespaces: bool = True):
+    def __init__(self, limits: Limits = Limits(), python: str | None = None, use_namespaces: bool = True,
+                 uids: range = range(UID_BASE, UID_BASE + UID_COUNT)):
         self.limits = limits
         self.python = python or default_python()
         self.is_root = os.geteuid() == 0
         self.use_namespaces = use_namespaces and self.is_root
+        self.leases = UidLease(uids)
         self._isolation: dict[str, Any] | None = None
 
     def isolation(self) -> dict[str, Any]:
-        """What the kernel allowed, probed once: namespaces, network, filesystem, process cleanup."""
+        """What the kernel allowed, probed once: namespaces, network, filesystem, process cleanup, and which
+        per-job budgets cgroups enforce (job_memory, job_processes, job_cpu_time, fair_cpu_share)."""
         if self._isolation is None:
             result = self.run([self.python, "-c", "pass"], probe=True)
             if self.use_namespaces and not result.isolation.get("namespaces"):
                 self.use_namespaces = False  # refused here: use the fallback from now on
                 result = self.run([self.python, "-c", "pass"], probe=True)
-            self._isolation = {**result.isolation, "uid_drop": self.is_root}
+            self._isolation = {**result.isolation, "uid_drop": self.is_root, **cgroups.probe()}
         return self._isolation
 
     def run_python(self, source: str, stdin: str = "", limits: Limits | None = None) -> RunResult:
@@ -165,14 +192,17 @@ class Sandbox:
         if not probe:
             self.isolation()
         lim = limits or self.limits
-        uid = _UIDS.acquire()
+        uid, lease = self.leases.acquire()
         rundir = Path(tempfile.mkdtemp(prefix="sdzero-sbx-"))
         fds: list[int] = []
+        job = None
         try:
             os.chmod(rundir, 0o711)  # the fallback's work dir lives inside; nobody may list it
             workdir = "/tmp/sandbox" if self.use_namespaces else str(rundir / "work")
             if not self.use_namespaces:
                 os.makedirs(workdir)
+            job = cgroups.JobCgroup.create(f"uid-{uid}", (lim.memory_mb + lim.disk_mb) << 20, lim.processes) \
+                if self.is_root else None
             (rundir / "stdin").write_text(stdin)
             stdin_fd = os.open(rundir / "stdin", os.O_RDONLY)
             out_fd = os.open(rundir / "stdout", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -183,80 +213,121 @@ class Sandbox:
             spec = {
                 "argv": list(argv), "files": files or {}, "workdir": workdir, "uid": uid, "gid": uid,
                 "use_namespaces": self.use_namespaces, "disk_bytes": lim.disk_mb << 20,
-                "keep_visible": [_install_prefix(exe)],
+                "keep_visible": [_install_prefix(exe)], "cgroup_procs": job.join_files() if job else [],
                 "stdin_fd": stdin_fd, "stdout_fd": out_fd, "stderr_fd": err_fd, "status_fd": status_fd,
                 "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
                         "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "PYTHONDONTWRITEBYTECODE": "1"},
                 "limits": {"cpu_s": lim.cpu_s, "memory_bytes": lim.memory_mb << 20, "processes": lim.processes,
                            "file_bytes": lim.file_mb << 20, "open_files": lim.open_files},
             }
-            (rundir / "spec.json").write_text(json.dumps(spec))
+            spec_fd = os.open(rundir / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # holds the files
+            with os.fdopen(spec_fd, "w") as f:
+                json.dump(spec, f)
             t0 = time.perf_counter()
             proc = subprocess.Popen([sys.executable, "-I", str(LAUNCHER), str(rundir / "spec.json")],
                                     env={"PATH": "/usr/bin:/bin"},  # the host's environment stays out
                                     pass_fds=fds, start_new_session=True, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=err_fd)
-            timed_out = False
-            try:
-                proc.wait(timeout=lim.wall_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the reaper: the namespace goes too
-                except ProcessLookupError:
-                    pass
-                proc.wait()
+            killed_for = self._watch(proc, job, lim, t0)
             wall = time.perf_counter() - t0
+            if job is not None:
+                job.kill_all()  # whatever escaped the PID namespace (the fallback has none)
             if self.is_root:
-                kill_uid(uid)  # whatever escaped (the fallback has no PID namespace)
+                kill_uid(uid)
             for fd in fds:
                 os.close(fd)
             fds = []
-            return self._result(rundir, lim, timed_out, wall)
+            return self._result(rundir, lim, killed_for, wall, job)
         finally:
             for fd in fds:
                 os.close(fd)
             shutil.rmtree(rundir, ignore_errors=True)
-            _UIDS.release(uid)
+            if job is not None:
+                job.remove()
+            self.leases.release(lease)
 
-    def _result(self, rundir: Path, lim: Limits, timed_out: bool, wall: float) -> RunResult:
+    @staticmethod
+    def _watch(proc: subprocess.Popen, job: "cgroups.JobCgroup | None", lim: Limits, t0: float) -> str:
+        """Wait for the launcher; kill the job on the wall-time limit or when its whole process tree has used
+        more CPU than its budget. Returns what the sandbox killed it for ("" if nothing)."""
+        tree_cpu = job is not None and job.cpu_seconds() is not None
+        while True:
+            left = lim.wall_s - (time.perf_counter() - t0)
+            try:
+                proc.wait(timeout=max(0.0, min(left, 0.05 if tree_cpu else left)))
+                return ""
+            except subprocess.TimeoutExpired:
+                pass
+            reason = ""
+            if time.perf_counter() - t0 >= lim.wall_s:
+                reason = "wall time limit"
+            elif tree_cpu and job.cpu_seconds() > lim.cpu_s:
+                reason = "cpu time limit (all processes of the job)"
+            if reason:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the reaper: the namespace goes too
+                except ProcessLookupError:
+                    pass
+                if job is not None:
+                    job.kill_all()
+                proc.wait()
+                return reason
+
+    def _result(self, rundir: Path, lim: Limits, killed_for: str, wall: float,
+                job: "cgroups.JobCgroup | None") -> RunResult:
         try:
             status = json.loads((rundir / "status").read_text() or "{}")
         except json.JSONDecodeError:
             status = {}
         with open(rundir / "stdout", "rb") as f:
             stdout = f.read(lim.max_output_kb << 10).decode("utf-8", "replace")
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 256))
+            stdout_end = f.read().decode("utf-8", "replace")
         err = (rundir / "stderr").read_bytes()[-4000:].decode("utf-8", "replace")
         code, sig = status.get("exit"), status.get("signal")
-        reason = ""
-        if timed_out:
-            reason = "wall time limit"
+        out_of_memory = job is not None and job.new_oom_kills() > 0
+        peak = job.memory_peak() if job is not None else None
+        peak = round(peak / 2**20, 1) if peak is not None else None
+        reason, timed_out = "", False
+        if killed_for:
+            reason, timed_out = killed_for, True
         elif "setup_error" in status:
             reason = f"sandbox setup failed: {status['setup_error']}"
         elif sig is not None:
-            known = {signal.SIGXCPU: "cpu time limit", signal.SIGXFSZ: "file size limit (output or file too big)",
-                     signal.SIGKILL: "killed (cpu hard limit or out of memory)"}
-            reason = known.get(sig, f"killed by {_signal_name(sig)}")
-            timed_out = sig == signal.SIGXCPU or (sig == signal.SIGKILL and wall >= lim.cpu_s)
+            over_cpu = status.get("cpu_s", 0) >= lim.cpu_s
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and over_cpu):
+                reason, timed_out = "cpu time limit", True
+            elif sig == signal.SIGKILL and out_of_memory:
+                reason = "out of memory (the job's memory budget)"
+            elif sig == signal.SIGXFSZ:
+                reason = "file size limit (output or file too big)"
+            else:  # a kill no limit of the sandbox explains: say so rather than guess
+                reason = f"killed by {_signal_name(sig)}"
         elif code is None:
-            reason = "no status from the sandbox"
+            reason = "no status from the sandbox" + (" (out of memory)" if out_of_memory else "")
         elif code != 0:
             reason = f"exit code {code}"
-            if "MemoryError" in err:
+            if "MemoryError" in err or out_of_memory:
                 reason += " (memory limit)"
         return RunResult(code, sig, timed_out, round(wall, 4), stdout, err[-2000:], reason,
-                         status.get("isolation", {}))
+                         status.get("isolation", {}), stdout_end, peak)
 
 
-def judge(result: RunResult, expected_stdout: str | None = None) -> Status:
-    """pass: clean exit (and the expected output, whitespace-normalised, when one is given);
-    timeout: wall or CPU limit; fail: ran but wrong (assertion or output mismatch); error: anything else."""
+def judge(result: RunResult, expected_stdout: str | None = None, verdict_key: str | None = None) -> Status:
+    """pass: a clean exit AND proof that the tests ran: the expected output (whitespace-normalised), or,
+    for function tests run by `harness.py`, the run's verdict key as the last stdout line. An exit code
+    alone is never a pass. timeout: wall or CPU limit; fail: ran but wrong (assertion, wrong output,
+    no key after a clean exit); error: anything else."""
+    if expected_stdout is None and verdict_key is None:
+        raise ValueError("judge needs expected_stdout or verdict_key: an exit code alone is not a verdict")
     if result.timed_out:
         return "timeout"
     if result.exit_code == 0:
-        if expected_stdout is None or result.stdout.split() == expected_stdout.split():
-            return "pass"
-        return "fail"
+        if expected_stdout is not None and result.stdout.split() != expected_stdout.split():
+            return "fail"
+        if verdict_key is not None and result.stdout_end.rstrip().rpartition("\n")[2] != verdict_key:
+            return "fail"  # left early (os._exit, an atexit handler, ...): the tests did not all run
+        return "pass"
     if result.exit_code is not None and "AssertionError" in result.stderr_tail:
         return "fail"
     return "error"
@@ -268,6 +339,15 @@ class Job:
     files: dict[str, str] = field(default_factory=dict)
     stdin: str = ""
     expected_stdout: str | None = None
+    verdict_key: str | None = None  # set by function_test_job: the token only harness.py can print
+
+
+def function_test_job(solution: str, tests: str) -> Job:
+    """A job that runs `tests` (asserts, trusted) against `solution` (the candidate's code) through
+    harness.py, which prints a fresh random key only after every test has run (see its docstring)."""
+    key = secrets.token_hex(16)
+    files = {"main.py": HARNESS.read_text(), "solution.py": solution, "tests.py": tests, "verdict.key": key}
+    return Job(files=files, verdict_key=key)
 
 
 @dataclass
@@ -290,7 +370,7 @@ class SandboxPool:
     def _one(self, job: Job) -> Verdict:
         argv = job.argv or [self.sandbox.python, "-I", "-B", "main.py"]
         r = self.sandbox.run(argv, job.files, job.stdin)
-        return Verdict(judge(r, job.expected_stdout), r.reason, r.stderr_tail[-1000:], r.wall_s)
+        return Verdict(judge(r, job.expected_stdout, job.verdict_key), r.reason, r.stderr_tail[-1000:], r.wall_s)
 
     def map(self, jobs: Iterable[Job]) -> list[Verdict]:
         self.sandbox.isolation()

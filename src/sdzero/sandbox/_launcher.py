@@ -24,6 +24,7 @@ import ctypes
 import json
 import os
 import resource
+import struct
 import sys
 
 CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWIPC = 0x00020000, 0x40000000, 0x20000000, 0x08000000
@@ -32,12 +33,23 @@ MS_REC, MS_PRIVATE, MNT_DETACH = 0x4000, 0x40000, 0x2
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 DEVICES = ("null", "zero", "full", "random", "urandom")
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
+KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_CLEAR, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = 1, 7, -4, -5
+SECCOMP_ARCH = {"x86_64": (0xC000003E, 272, 56, 435), "aarch64": (0xC00000B7, 97, 220, 435)}  # arch, unshare,
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, CLONE_NEWUSER = 38, 22, 2, 0x10000000  # clone, clone3
 
 
 def main() -> None:
     spec = json.load(open(sys.argv[1]))
     status_fd = spec["status_fd"]
     isolation = {"namespaces": False, "network": "none", "filesystem": "directory", "processes": "uid"}
+    try:
+        for procs in spec["cgroup_procs"]:  # the job's budget holds everything from here on
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+    except OSError as e:
+        _status(status_fd, {"setup_error": f"joining the job's cgroup: {e}", "isolation": isolation})
+        os._exit(126)
     libc = ctypes.CDLL(None, use_errno=True)
     if spec["use_namespaces"] and libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC) == 0:
         isolation.update(namespaces=True, network="namespace", filesystem="allowlist-root", processes="pid-namespace")
@@ -51,9 +63,10 @@ def main() -> None:
         if isolation["namespaces"]:
             _enter_new_root(libc, spec)
             os.makedirs(work, exist_ok=True)
-        for name, text in spec["files"].items():
-            with open(os.path.join(work, name), "w") as f:
+        for name, text in spec["files"].items():  # 0600 under 0700: no other uid reads them (verdict.key)
+            with os.fdopen(os.open(os.path.join(work, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                 f.write(text)
+        os.chmod(work, 0o700)
         if os.getuid() == 0:
             for root, dirs, files in os.walk(work):
                 for n in [root] + [os.path.join(root, x) for x in dirs + files]:
@@ -64,25 +77,27 @@ def main() -> None:
     program = os.fork()
     if program == 0:
         try:
-            _become_program(spec, work)
+            _become_program(spec, work, libc)
         except BaseException as e:  # exec failed: report, never fall through into reaper code
             os.write(2, f"sandbox: cannot start program: {e}\n".encode())
             os._exit(127)
     os.close(0)
     while True:  # reap everything; return when the program itself ends
-        pid, st = os.wait()
+        pid, st, usage = os.wait4(-1, 0)
         if pid == program:
             break
-    out = {"isolation": isolation}
+    out = {"isolation": isolation, "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)}
     if os.WIFSIGNALED(st):
         out["signal"] = os.WTERMSIG(st)
     else:
         out["exit"] = os.WEXITSTATUS(st)
+    if os.getuid() == 0:
+        _clear_keyrings_of(libc, spec)
     _status(status_fd, out)
     os._exit(0)  # as PID 1 this tears the namespace down: every leftover process is killed
 
 
-def _become_program(spec, work) -> None:
+def _become_program(spec, work, libc) -> None:
     os.dup2(spec["stdin_fd"], 0)
     os.dup2(spec["stdout_fd"], 1)
     os.dup2(spec["stderr_fd"], 2)
@@ -94,12 +109,78 @@ def _become_program(spec, work) -> None:
         hard = value + 1 if res == resource.RLIMIT_CPU else value  # SIGXCPU first, then SIGKILL a second later
         resource.setrlimit(res, (value, hard))
     os.chdir(work)
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")  # the job's OOM kills hit the program and its children first, not the reaper
     if os.getuid() == 0:
         os.setgroups([])
         os.setgid(spec["gid"])
         os.setuid(spec["uid"])
+        _fresh_keyrings(libc)
     os.setsid()
+    _forbid_new_user_namespaces(libc)
     os.execve(spec["argv"][0], spec["argv"], spec["env"])
+
+
+def _fresh_keyrings(libc) -> None:
+    """Kernel keys outlive processes: a uid's user keyring keeps what an earlier run of that uid added.
+    Start the program in a new session keyring with its uid's keyrings emptied."""
+    number = SYS_KEYCTL.get(os.uname().machine)
+    if number is None:
+        return
+    libc.syscall(number, KEYCTL_JOIN_SESSION_KEYRING, None)
+    for keyring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
+        libc.syscall(number, KEYCTL_CLEAR, ctypes.c_long(keyring))
+
+
+def _clear_keyrings_of(libc, spec) -> None:
+    """After the run: empty the uid's keyrings (a child takes the uid to do it; root cannot name them)."""
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setgroups([])
+            os.setgid(spec["gid"])
+            os.setuid(spec["uid"])
+            _fresh_keyrings(libc)
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+
+
+def _forbid_new_user_namespaces(libc) -> None:
+    """A seccomp filter: unshare/clone with CLONE_NEWUSER fail with EPERM, clone3 with ENOSYS (its flags
+    live in memory a filter cannot read; libc falls back to clone), syscalls of another ABI (x86 int 0x80,
+    x32) with EPERM. Inside a user namespace of its own a program could mount an uncapped tmpfs."""
+    machine = os.uname().machine
+    if machine not in SECCOMP_ARCH:
+        return
+    arch, unshare, clone, clone3 = SECCOMP_ARCH[machine]
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, enosys, eperm = 0x7FFF0000, 0x00050000 | 38, 0x00050000 | 1
+    program = [  # (code, jump if true, jump if false, k); jumps count the instructions skipped
+        (ld, 0, 0, 4),  # 0: arch
+        (jeq, 0, 10, arch),  # 1: another ABI -> 12
+        (ld, 0, 0, 0),  # 2: syscall number
+        (jge, 8, 0, 0x40000000),  # 3: the x32 ABI -> 12
+        (jeq, 6, 0, clone3),  # 4: -> 11
+        (jeq, 2, 0, unshare),  # 5: -> 8
+        (jeq, 1, 0, clone),  # 6: -> 8
+        (ret, 0, 0, allow),  # 7
+        (ld, 0, 0, 16),  # 8: the first argument's low 32 bits (flags)
+        (jset, 2, 0, CLONE_NEWUSER),  # 9: -> 12
+        (ret, 0, 0, allow),  # 10
+        (ret, 0, 0, enosys),  # 11
+        (ret, 0, 0, eperm),  # 12
+    ]
+    code = b"".join(struct.pack("=HBBI", *insn) for insn in program)
+    buffer = ctypes.create_string_buffer(code, len(code))
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = Prog(len(program), ctypes.cast(buffer, ctypes.c_void_p))
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or \
+            libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "installing the seccomp filter")
 
 
 def _enter_new_root(libc, spec) -> None:

@@ -7,6 +7,11 @@ Kinds:
   test cases (`tests` = [{"input", "output"}] or `inputs`/`outputs` columns); Python or C++
   (`--code_language cpp`, when g++ is present).
 
+Function tests (HumanEval, MBPP) run through `sandbox/harness.py`: a pass needs the run's random key,
+which the harness prints only after every test ran, and the tests see only plain return values (see
+the harness's docstring for the reward hacks this stops). stdio programs are judged by the host
+comparing their output; a clean exit alone is never a pass.
+
 Simplifications: the code is the last fenced block tagged with the language (else the last untagged
 block, else the whole response); stdio outputs are compared whitespace-normalised; C++ is compiled again
 for every test case (simple and isolated, not fast).
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sdzero.errors import SDZeroError
-from sdzero.sandbox import Job, Limits, SandboxPool, Verdict
+from sdzero.sandbox import Job, Limits, SandboxPool, Verdict, function_test_job
 from sdzero.tasks.base import Question, Task
 
 FENCE_RE = re.compile(r"```([\w+#-]*)[ \t]*\n(.*?)```", re.DOTALL)
@@ -135,12 +140,10 @@ class CodeTask(Task):
     def jobs(self, question: Question, response: str) -> list[Job]:
         code = extract_code(response, self.language)
         m = question.meta
-        if self.kind == "humaneval":
-            program = f"{m['header']}\n{code}\n\n{m['test']}\n\ncheck({m['entry_point']})\n"
-            return [Job(files={"main.py": program})]
+        if self.kind == "humaneval":  # the prompt's header (imports, helpers) belongs to the solution
+            return [function_test_job(f"{m['header']}\n{code}\n", f"{m['test']}\n\ncheck({m['entry_point']})\n")]
         if self.kind == "mbpp":
-            program = f"{code}\n\n{m['setup']}\n" + "\n".join(m["tests"]) + "\n"
-            return [Job(files={"main.py": program})]
+            return [function_test_job(code, f"{m['setup']}\n" + "\n".join(m["tests"]) + "\n")]
         if self.language == "python":
             return [Job(files={"main.py": code}, stdin=str(t["input"]), expected_stdout=str(t["output"]))
                     for t in m["tests"]]
