@@ -4,8 +4,8 @@
 
 Runs the same batch of small Python programs (each prints a number; the verdict compares it) through
 pools of 1, 2 and 4 workers with full isolation, and through 4 workers with namespaces off (the
-fallback), then prints programs/s and ratios against the 1-worker pool. It also reports which isolation
-the machine allowed.
+fallback), and through 4 workers without the per-job cgroups (what the budgets cost), then prints
+programs/s and ratios against the 1-worker pool. It also reports which isolation the machine allowed.
 """
 
 import argparse
@@ -14,10 +14,11 @@ import time
 from sdzero.sandbox import Job, Limits, SandboxPool
 
 
-def measure(workers: int, programs: int, use_namespaces: bool) -> tuple[float, dict]:
+def measure(workers: int, programs: int, use_namespaces: bool, use_cgroups: bool) -> tuple[float, dict]:
     jobs = [Job(files={"main.py": f"print(sum(range({i})))"}, expected_stdout=str(sum(range(i))))
             for i in range(programs)]
-    with SandboxPool(workers=workers, limits=Limits(wall_s=20, cpu_s=5), use_namespaces=use_namespaces) as pool:
+    with SandboxPool(workers=workers, limits=Limits(wall_s=20, cpu_s=5), use_namespaces=use_namespaces,
+                     use_cgroups=use_cgroups) as pool:
         isolation = pool.sandbox.isolation()
         t0 = time.perf_counter()
         verdicts = pool.map(jobs)
@@ -33,15 +34,16 @@ def main() -> None:
     ap.add_argument("--programs", type=int, default=400)
     args = ap.parse_args()
     rows = []
-    for workers, ns in [(1, True), (2, True), (4, True), (4, False)]:
-        rate, iso = measure(workers, args.programs, ns)
+    for workers, ns, cg in [(1, True, True), (2, True, True), (4, True, True), (4, False, True), (4, True, False)]:
+        rate, iso = measure(workers, args.programs, ns, cg)
         rows.append((workers, ns, rate, iso))
     base = rows[0][2]
     print(f"isolation allowed here: {rows[0][3]}")
-    print(f"{'workers':>7}  {'isolation':<22}  {'programs/s':>10}  {'vs 1 worker':>11}")
+    print(f"{'workers':>7}  {'isolation':<40}  {'programs/s':>10}  {'vs 1 worker':>11}")
     for workers, ns, rate, iso in rows:
         label = "namespaces" if iso.get("namespaces") else "fallback (no namespaces)"
-        print(f"{workers:>7}  {label:<22}  {rate:>10.1f}  {rate / base:>10.2f}x")
+        label += f", cgroup {iso['cgroup']}" if iso.get("job_memory") else ", no job cgroups"
+        print(f"{workers:>7}  {label:<40}  {rate:>10.1f}  {rate / base:>10.2f}x")
 
 
 if __name__ == "__main__":

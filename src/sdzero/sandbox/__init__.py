@@ -165,11 +165,12 @@ def _install_prefix(exe: str) -> str:
 
 class Sandbox:
     def __init__(self, limits: Limits = Limits(), python: str | None = None, use_namespaces: bool = True,
-                 uids: range = range(UID_BASE, UID_BASE + UID_COUNT)):
+                 uids: range = range(UID_BASE, UID_BASE + UID_COUNT), use_cgroups: bool = True):
         self.limits = limits
         self.python = python or default_python()
         self.is_root = os.geteuid() == 0
         self.use_namespaces = use_namespaces and self.is_root
+        self.use_cgroups = use_cgroups and self.is_root  # off: per-process limits only (for measurements)
         self.leases = UidLease(uids)
         self._isolation: dict[str, Any] | None = None
 
@@ -181,7 +182,8 @@ class Sandbox:
             if self.use_namespaces and not result.isolation.get("namespaces"):
                 self.use_namespaces = False  # refused here: use the fallback from now on
                 result = self.run([self.python, "-c", "pass"], probe=True)
-            self._isolation = {**result.isolation, "uid_drop": self.is_root, **cgroups.probe()}
+            budgets = cgroups.probe(enforced=self.use_cgroups)
+            self._isolation = {**result.isolation, "uid_drop": self.is_root, **budgets}
         return self._isolation
 
     def run_python(self, source: str, stdin: str = "", limits: Limits | None = None) -> RunResult:
@@ -202,7 +204,7 @@ class Sandbox:
             if not self.use_namespaces:
                 os.makedirs(workdir)
             job = cgroups.JobCgroup.create(f"uid-{uid}", (lim.memory_mb + lim.disk_mb) << 20, lim.processes) \
-                if self.is_root else None
+                if self.use_cgroups else None
             (rundir / "stdin").write_text(stdin)
             stdin_fd = os.open(rundir / "stdin", os.O_RDONLY)
             out_fd = os.open(rundir / "stdout", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -261,7 +263,7 @@ class Sandbox:
             reason = ""
             if time.perf_counter() - t0 >= lim.wall_s:
                 reason = "wall time limit"
-            elif tree_cpu and job.cpu_seconds() > lim.cpu_s:
+            elif tree_cpu and (job.cpu_seconds() or 0.0) > lim.cpu_s:
                 reason = "cpu time limit (all processes of the job)"
             if reason:
                 try:
@@ -362,8 +364,8 @@ class SandboxPool:
     """Runs many jobs, at most `workers` at a time, each in its own sandbox run."""
 
     def __init__(self, workers: int = 4, limits: Limits = Limits(), python: str | None = None,
-                 use_namespaces: bool = True):
-        self.sandbox = Sandbox(limits, python, use_namespaces)
+                 use_namespaces: bool = True, use_cgroups: bool = True):
+        self.sandbox = Sandbox(limits, python, use_namespaces, use_cgroups=use_cgroups)
         self.workers = workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox")
 
