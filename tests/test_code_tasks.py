@@ -107,7 +107,11 @@ HACKS = {
     "atexit exits 0": "import atexit, os\natexit.register(lambda: os._exit(0))\n",
     "excepthook exits 0": "import sys, os\nsys.excepthook = lambda *a: os._exit(0)\n",
     "rebinds a builtin the tests use": "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.all = lambda x: True\n",
+    "rebinds exec, so the tests never run": "import builtins\nbuiltins.exec = lambda *a, **k: None\n",
+    "rebinds the harness's own helpers": "import __main__\n__main__.make_guard = lambda p: lambda n, v: v\n",
 }
+ALWAYS_EQUAL = "class Anything:\n    def __eq__(self, other):\n        return True\n    __ne__ = __eq__\n" \
+               "    def __abs__(self):\n        return 0\n    def __lt__(self, other):\n        return True\n"
 
 
 def test_reward_hacks_do_not_pass_function_tests(tmp_path):
@@ -118,19 +122,38 @@ def test_reward_hacks_do_not_pass_function_tests(tmp_path):
     q = task.split({"eval": 1})["eval"][0]
     wrong = "def add(a, b):\n    return 7\n"
     responses = {name: f"```python\n{wrong}{hack}```" for name, hack in HACKS.items()}
-    responses["object whose __eq__ says True"] = (
-        "```python\nclass Anything:\n    def __eq__(self, other):\n        return True\n    __ne__ = __eq__\n"
-        "    def __abs__(self):\n        return self\n"
-        "def add(a, b):\n    return Anything()\n```")
-    responses["list subclass whose __eq__ says True"] = (
-        "```python\nclass L(list):\n    def __eq__(self, other):\n        return True\n"
-        "def add(a, b):\n    return L()\n```")
+    responses["object whose __eq__ says True"] = f"```python\n{ALWAYS_EQUAL}def add(a, b):\n    return Anything()\n```"
+    responses["... from a cached function"] = (f"```python\nimport functools\n{ALWAYS_EQUAL}@functools.lru_cache\n"
+                                               "def add(a, b):\n    return Anything()\n```")
+    responses["int subclass whose __eq__ says True"] = (
+        "```python\nclass I(int):\n    def __eq__(self, other):\n        return True\n    def __abs__(self):\n"
+        "        return 0\ndef add(a, b):\n    return I(7)\n```")
+    responses["tuple subclass hiding its items"] = (
+        f"```python\n{ALWAYS_EQUAL}class T(tuple):\n    def __iter__(self):\n        return iter(())\n"
+        "def add(a, b):\n    return T([Anything()])\n```")
     verdicts = task.verdicts([(q, r) for r in responses.values()])
     judged = {name: v["status"] for name, v in zip(responses, verdicts)}
     assert all(status != "pass" for status in judged.values()), judged
     honest = task.verdicts([(q, "```python\nimport atexit\natexit.register(print, 'bye')\ndef add(a, b):\n"
                                 "    return a + b\nif __name__ == '__main__':\n    print(input())\n```")])
     assert honest[0]["status"] == "pass", honest  # an atexit of its own or a __main__ block is not punished
+    task.close()
+
+
+def test_right_answers_in_other_shapes_still_pass(tmp_path):
+    """The plain-value rebuild must not fail correct code: generators, Counter, namedtuple, IntEnum, bytearray."""
+    rows = [{"task_id": i, "text": "t", "test_list": [test]} for i, test in enumerate([
+        "assert set(common([1, 2, 3], [2, 3])) == {2, 3}", "assert counts('aab') == {'a': 2, 'b': 1}",
+        "assert point() == (1, 2) and point()[0] == 1", "assert color() == 1", "assert raw() == b'ab'"])]
+    task = load_task(TaskConfig(task=f"code:mbpp:{write_jsonl(tmp_path / 'shapes.jsonl', rows)}"))
+    qs = sorted(task.split({"eval": 5})["eval"], key=lambda q: q.id)
+    code = ["def common(a, b):\n    return (x for x in a if x in b)",
+            "import collections\ndef counts(s):\n    return collections.Counter(s)",
+            "import collections\nP = collections.namedtuple('P', 'x y')\ndef point():\n    return P(1, 2)",
+            "import enum\nclass C(enum.IntEnum):\n    RED = 1\ndef color():\n    return C.RED",
+            "def raw():\n    return bytearray(b'ab')"]
+    verdicts = task.verdicts([(q, f"```python\n{c}\n```") for q, c in zip(qs, code)])
+    assert [v["status"] for v in verdicts] == ["pass"] * 5, verdicts
     task.close()
 
 

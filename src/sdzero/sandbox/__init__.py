@@ -53,9 +53,9 @@ Status = Literal["pass", "fail", "timeout", "error"]
 @dataclass(frozen=True)
 class Limits:
     wall_s: float = 10.0  # killed after this much real time
-    cpu_s: int = 5  # CPU seconds, all threads together
-    memory_mb: int = 512  # address space
-    processes: int = 32  # processes/threads the sandbox uid may have
+    cpu_s: int = 5  # CPU seconds of the whole job (all processes and threads), and of each process
+    memory_mb: int = 512  # the job's memory (+ disk_mb for its tmpfs) where cgroups work; each process's address space
+    processes: int = 32  # processes/threads of the job (the launcher and its reaper count too)
     file_mb: int = 16  # largest file it may write (its stdout and stderr too)
     open_files: int = 64
     disk_mb: int = 64  # size of its private tmpfs
@@ -77,6 +77,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
+        """A clean exit. Not a verdict: `judge` also needs the expected output or the harness's key."""
         return self.exit_code == 0 and not self.timed_out
 
 
@@ -175,15 +176,18 @@ class Sandbox:
         self._isolation: dict[str, Any] | None = None
 
     def isolation(self) -> dict[str, Any]:
-        """What the kernel allowed, probed once: namespaces, network, filesystem, process cleanup, and which
-        per-job budgets cgroups enforce (job_memory, job_processes, job_cpu_time, fair_cpu_share)."""
+        """What the kernel allowed, probed once: namespaces, network, filesystem, process cleanup, the seccomp
+        filter, which per-job budgets cgroups enforce (job_memory, job_processes, job_cpu_time,
+        fair_cpu_share), and whether the harness's verdict key is out of the program's reach (uid drop)."""
         if self._isolation is None:
             result = self.run([self.python, "-c", "pass"], probe=True)
             if self.use_namespaces and not result.isolation.get("namespaces"):
                 self.use_namespaces = False  # refused here: use the fallback from now on
                 result = self.run([self.python, "-c", "pass"], probe=True)
             budgets = cgroups.probe(enforced=self.use_cgroups)
-            self._isolation = {**result.isolation, "uid_drop": self.is_root, **budgets}
+            # Without the uid drop the program runs as this user and can read the spec (its verdict key).
+            self._isolation = {**result.isolation, "uid_drop": self.is_root, **budgets,
+                               "verdict_key_private": self.is_root}
         return self._isolation
 
     def run_python(self, source: str, stdin: str = "", limits: Limits | None = None) -> RunResult:
@@ -194,17 +198,20 @@ class Sandbox:
         if not probe:
             self.isolation()
         lim = limits or self.limits
-        uid, lease = self.leases.acquire()
-        rundir = Path(tempfile.mkdtemp(prefix="sdzero-sbx-"))
         fds: list[int] = []
-        job = None
+        job, lease, uid, rundir = None, None, None, None
         try:
+            uid, lease = self.leases.acquire()
+            rundir = Path(tempfile.mkdtemp(prefix="sdzero-sbx-"))
             os.chmod(rundir, 0o711)  # the fallback's work dir lives inside; nobody may list it
             workdir = "/tmp/sandbox" if self.use_namespaces else str(rundir / "work")
             if not self.use_namespaces:
                 os.makedirs(workdir)
-            job = cgroups.JobCgroup.create(f"uid-{uid}", (lim.memory_mb + lim.disk_mb) << 20, lim.processes) \
-                if self.use_cgroups else None
+            if self.use_cgroups:
+                try:
+                    job = cgroups.JobCgroup.create(f"uid-{uid}", (lim.memory_mb + lim.disk_mb) << 20, lim.processes)
+                except OSError as e:  # one job's verdict, not the whole pool's crash
+                    return RunResult(None, None, False, 0.0, "", "", f"sandbox setup failed: job cgroup: {e}")
             (rundir / "stdin").write_text(stdin)
             stdin_fd = os.open(rundir / "stdin", os.O_RDONLY)
             out_fd = os.open(rundir / "stdout", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -234,19 +241,21 @@ class Sandbox:
             wall = time.perf_counter() - t0
             if job is not None:
                 job.kill_all()  # whatever escaped the PID namespace (the fallback has none)
-            if self.is_root:
-                kill_uid(uid)
             for fd in fds:
                 os.close(fd)
             fds = []
             return self._result(rundir, lim, killed_for, wall, job)
-        finally:
+        finally:  # also on errors: nothing of the run outlives its uid's lease
             for fd in fds:
                 os.close(fd)
-            shutil.rmtree(rundir, ignore_errors=True)
             if job is not None:
                 job.remove()
-            self.leases.release(lease)
+            if self.is_root and uid is not None:
+                kill_uid(uid)
+            if rundir is not None:
+                shutil.rmtree(rundir, ignore_errors=True)
+            if lease is not None:
+                self.leases.release(lease)
 
     @staticmethod
     def _watch(proc: subprocess.Popen, job: "cgroups.JobCgroup | None", lim: Limits, t0: float) -> str:

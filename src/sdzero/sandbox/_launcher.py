@@ -1,7 +1,8 @@
 """Sandbox launcher: run by the sandbox as `python -I _launcher.py SPEC_JSON_PATH`, stdlib only.
 
 It runs as the sandbox's parent user (root on these machines) and, in order:
-1. reads the spec and opens every file it needs (stdin, stdout, stderr and status are inherited fds);
+1. reads the spec (stdin, stdout, stderr and status are inherited fds) and joins the job's cgroups, so
+   the job's budgets (memory, CPU time, processes, CPU share) hold everything it will start;
 2. unshares the PID, mount, network and IPC namespaces (falls back, and says so, where not allowed);
 3. forks: the child is PID 1 of the new PID namespace (a reaper). When it exits, the kernel kills every
    process left in the namespace, so nothing the program spawned, even with setsid, outlives the run;
@@ -12,9 +13,11 @@ It runs as the sandbox's parent user (root on these machines) and, in order:
    writable places. Nothing else of the host's filesystem exists inside: not the checkout, not /home, not
    whatever directory a CI machine happens to use. The old root is unmounted. It then writes the program's
    files into /tmp/sandbox and forks the program;
-5. the program sets resource limits, drops to the unprivileged uid/gid (no supplementary groups),
-   closes every other fd and execs with a scrubbed environment;
-6. the reaper waits, writes {exit, signal, isolation} to the status fd and exits.
+5. the program sets resource limits, makes itself the first choice of the job's OOM killer, drops to the
+   unprivileged uid/gid (no supplementary groups) in a fresh session keyring with its uid's keyrings
+   emptied, closes every other fd, installs a seccomp filter (no new user namespaces, no kernel-key
+   syscalls, no other syscall ABI) and execs with a scrubbed environment;
+6. the reaper waits, writes {exit, signal, cpu_s, isolation} to the status fd and exits.
 
 An allowlist, not a list of places to hide: an earlier version hid /home, /work and /root and left the rest
 of the host visible, and a hostile program rewrote a world-writable file in a CI checkout under /check.
@@ -35,14 +38,17 @@ DEVICES = ("null", "zero", "full", "random", "urandom")
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
 KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_CLEAR, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = 1, 7, -4, -5
-SECCOMP_ARCH = {"x86_64": (0xC000003E, 272, 56, 435), "aarch64": (0xC00000B7, 97, 220, 435)}  # arch, unshare,
-PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, CLONE_NEWUSER = 38, 22, 2, 0x10000000  # clone, clone3
+# audit arch, then the numbers of unshare, clone, clone3, add_key, request_key, keyctl
+SECCOMP_ARCH = {"x86_64": (0xC000003E, 272, 56, 435, 248, 249, 250),
+                "aarch64": (0xC00000B7, 97, 220, 435, 217, 218, 219)}
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, CLONE_NEWUSER = 38, 22, 2, 0x10000000
 
 
 def main() -> None:
     spec = json.load(open(sys.argv[1]))
     status_fd = spec["status_fd"]
-    isolation = {"namespaces": False, "network": "none", "filesystem": "directory", "processes": "uid"}
+    isolation = {"namespaces": False, "network": "none", "filesystem": "directory", "processes": "uid",
+                 "seccomp": os.uname().machine in SECCOMP_ARCH}
     try:
         for procs in spec["cgroup_procs"]:  # the job's budget holds everything from here on
             with open(procs, "w") as f:
@@ -91,8 +97,6 @@ def main() -> None:
         out["signal"] = os.WTERMSIG(st)
     else:
         out["exit"] = os.WEXITSTATUS(st)
-    if os.getuid() == 0:
-        _clear_keyrings_of(libc, spec)
     _status(status_fd, out)
     os._exit(0)  # as PID 1 this tears the namespace down: every leftover process is killed
 
@@ -123,7 +127,8 @@ def _become_program(spec, work, libc) -> None:
 
 def _fresh_keyrings(libc) -> None:
     """Kernel keys outlive processes: a uid's user keyring keeps what an earlier run of that uid added.
-    Start the program in a new session keyring with its uid's keyrings emptied."""
+    Start in a new session keyring with the uid's keyrings emptied (the seccomp filter then keeps the
+    program from adding keys of its own)."""
     number = SYS_KEYCTL.get(os.uname().machine)
     if number is None:
         return
@@ -132,55 +137,63 @@ def _fresh_keyrings(libc) -> None:
         libc.syscall(number, KEYCTL_CLEAR, ctypes.c_long(keyring))
 
 
-def _clear_keyrings_of(libc, spec) -> None:
-    """After the run: empty the uid's keyrings (a child takes the uid to do it; root cannot name them)."""
-    child = os.fork()
-    if child == 0:
-        try:
-            os.setgroups([])
-            os.setgid(spec["gid"])
-            os.setuid(spec["uid"])
-            _fresh_keyrings(libc)
-        finally:
-            os._exit(0)
-    os.waitpid(child, 0)
-
-
 def _forbid_new_user_namespaces(libc) -> None:
-    """A seccomp filter: unshare/clone with CLONE_NEWUSER fail with EPERM, clone3 with ENOSYS (its flags
-    live in memory a filter cannot read; libc falls back to clone), syscalls of another ABI (x86 int 0x80,
-    x32) with EPERM. Inside a user namespace of its own a program could mount an uncapped tmpfs."""
+    """A seccomp filter. unshare/clone with CLONE_NEWUSER fail with EPERM: inside a user namespace of its own
+    a program could mount an uncapped tmpfs. clone3 fails with ENOSYS (its flags live in memory a filter
+    cannot read; libc falls back to clone). add_key/request_key/keyctl fail with ENOSYS: kernel keys outlive
+    the run (the uid's persistent keyring included), and no test needs them. Syscalls of another ABI (x86's
+    int 0x80, x32) fail with EPERM, so none of this is bypassed through other syscall numbers."""
     machine = os.uname().machine
     if machine not in SECCOMP_ARCH:
         return
-    arch, unshare, clone, clone3 = SECCOMP_ARCH[machine]
+    arch, unshare, clone, clone3, add_key, request_key, keyctl = SECCOMP_ARCH[machine]
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, enosys, eperm = 0x7FFF0000, 0x00050000 | 38, 0x00050000 | 1
-    program = [  # (code, jump if true, jump if false, k); jumps count the instructions skipped
-        (ld, 0, 0, 4),  # 0: arch
-        (jeq, 0, 10, arch),  # 1: another ABI -> 12
-        (ld, 0, 0, 0),  # 2: syscall number
-        (jge, 8, 0, 0x40000000),  # 3: the x32 ABI -> 12
-        (jeq, 6, 0, clone3),  # 4: -> 11
-        (jeq, 2, 0, unshare),  # 5: -> 8
-        (jeq, 1, 0, clone),  # 6: -> 8
-        (ret, 0, 0, allow),  # 7
-        (ld, 0, 0, 16),  # 8: the first argument's low 32 bits (flags)
-        (jset, 2, 0, CLONE_NEWUSER),  # 9: -> 12
-        (ret, 0, 0, allow),  # 10
-        (ret, 0, 0, enosys),  # 11
-        (ret, 0, 0, eperm),  # 12
+    program = [  # (code, jump if true, jump if false, k); a jump names the label it lands on
+        (ld, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 0, "deny", arch),
+        (ld, 0, 0, 0),  # seccomp_data.nr
+        (jge, "deny", 0, 0x40000000),  # the x32 ABI
+        (jeq, "nosys", 0, clone3), (jeq, "nosys", 0, add_key), (jeq, "nosys", 0, request_key),
+        (jeq, "nosys", 0, keyctl),
+        (jeq, "flags", 0, unshare), (jeq, "flags", 0, clone),
+        (ret, 0, 0, allow),
+        "flags", (ld, 0, 0, 16),  # the low 32 bits of the first argument
+        (jset, "deny", 0, CLONE_NEWUSER),
+        (ret, 0, 0, allow),
+        "nosys", (ret, 0, 0, enosys),
+        "deny", (ret, 0, 0, eperm),
     ]
-    code = b"".join(struct.pack("=HBBI", *insn) for insn in program)
+    code = _assemble(program)
     buffer = ctypes.create_string_buffer(code, len(code))
 
     class Prog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-    prog = Prog(len(program), ctypes.cast(buffer, ctypes.c_void_p))
+    prog = Prog(len(code) // 8, ctypes.cast(buffer, ctypes.c_void_p))
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or \
             libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "installing the seccomp filter")
+
+
+def _assemble(program) -> bytes:
+    """Classic BPF: each instruction is (code, jt, jf, k); a string entry is a label, and a string jump
+    target becomes the number of instructions skipped to reach that label."""
+    labels, index = {}, 0
+    for item in program:
+        if isinstance(item, str):
+            labels[item] = index
+        else:
+            index += 1
+    out, index = [], 0
+    for item in program:
+        if isinstance(item, str):
+            continue
+        code, jt, jf, k = item
+        jt, jf = (labels[j] - index - 1 if isinstance(j, str) else j for j in (jt, jf))
+        out.append(struct.pack("=HBBI", code, jt, jf, k))
+        index += 1
+    return b"".join(out)
 
 
 def _enter_new_root(libc, spec) -> None:

@@ -14,8 +14,11 @@ it), so:
 Both kernel interfaces are supported: v1 (one hierarchy per controller, as on these machines) and v2
 (one unified hierarchy). `probe()` says which controllers a job cgroup can get here; what is missing is
 reported by `Sandbox.isolation()` and not enforced. Only root can create them (the sandbox drops to a
-per-run uid only as root anyway). The v2 path follows the kernel's documentation but has not run on a
-machine with cgroup v2 controllers (these machines mount v1).
+per-run uid only as root anyway). All job cgroups sit under one `sdzero-sandbox` cgroup beside this
+process, weighted like one busy thread per core. The v2 path follows the kernel's documentation but has
+not run on a machine with cgroup v2 controllers (these machines mount v1); it also needs this process's
+cgroup to be able to hand controllers to children (the root cgroup, or a delegated one such as a systemd
+unit with Delegate=yes); elsewhere `probe()` reports "none".
 """
 
 from __future__ import annotations
@@ -85,12 +88,16 @@ class JobCgroup:
             d.mkdir(exist_ok=True)
         if version == 1:
             if "memory" in job.dirs:
-                _write(job.dirs["memory"] / "memory.limit_in_bytes", str(memory_bytes))
                 swap = job.dirs["memory"] / "memory.memsw.limit_in_bytes"
+                if swap.exists():
+                    _write(swap, "-1")  # memsw >= limit at every moment: lift it, set the limit, set it back
+                _write(job.dirs["memory"] / "memory.limit_in_bytes", str(memory_bytes))
                 if swap.exists():
                     _write(swap, str(memory_bytes))  # memory + swap: no escape into swap
             if "pids" in job.dirs:
                 _write(job.dirs["pids"] / "pids.max", str(processes))
+            if "cpu" in job.dirs:
+                _write(job.dirs["cpu"] / "cpu.shares", "1024")  # every job the same weight
         else:
             d = job.dirs.get("memory")
             if d is not None:
@@ -99,6 +106,8 @@ class JobCgroup:
                     _write(d / "memory.swap.max", "0")
             if "pids" in job.dirs:
                 _write(job.dirs["pids"] / "pids.max", str(processes))
+            if "cpu" in job.dirs:
+                _write(job.dirs["cpu"] / "cpu.weight", "100")
         job.oom_kills_before = job.oom_kills()
         return job
 
@@ -208,6 +217,8 @@ def _find_parents() -> tuple[dict[str, Path], int]:
                 if _usable(parent):
                     parents[c] = parent
     if parents:
+        if "cpu" in parents:  # all jobs together weigh as much as one busy thread per core beside the trainer
+            _write(parents["cpu"] / "cpu.shares", str(1024 * (os.cpu_count() or 1)))
         return parents, 1
     for point, fstype, _ in mounts:  # v2: the controllers our cgroup may hand to children
         if fstype != "cgroup2" or "" not in own:
@@ -222,6 +233,8 @@ def _find_parents() -> tuple[dict[str, Path], int]:
             parent = base / GROUP
             parent.mkdir(exist_ok=True)
             _write(parent / "cgroup.subtree_control", " ".join("+" + c for c in wanted))
+            if "cpu" in wanted:
+                _write(parent / "cpu.weight", str(min(10000, 100 * (os.cpu_count() or 1))))
         except OSError:  # e.g. our cgroup has processes of its own and is not the root: no delegation
             continue
         return {c: parent for c in wanted}, 2

@@ -90,7 +90,9 @@ class CodeTask(Task):
                 raise SDZeroError(f"dataset {source!r} is empty")
         else:
             raise SDZeroError(f"unknown code task kind {kind!r}: use code:humaneval, code:mbpp:..., code:stdio:...")
-        self.limits = limits or Limits(wall_s=10, cpu_s=5, memory_mb=2048 if language == "cpp" else 512)
+        # C++: compiling and running share one job budget (and each test case compiles again)
+        self.limits = limits or (Limits(wall_s=20, cpu_s=10, memory_mb=2048) if language == "cpp" else
+                                 Limits(wall_s=10, cpu_s=5, memory_mb=512))
         self.workers = workers
         self._pool: SandboxPool | None = None
 
