@@ -2,8 +2,9 @@
 
     python scripts/sandbox_attacks.py [--load 1000]
 
-For each attack: the verdict, the sandbox's reason, the job's peak memory as its cgroup counted it, and the
-host's peak memory in use (MemTotal - MemAvailable, sampled every 10 ms) above what it was before. Then two
+For each attack: whether it worked, the sandbox's reason, the job's peak memory as its cgroup counted it,
+and the host's peak memory held by processes, tmpfs and memfd (AnonPages + Shmem, sampled every 10 ms)
+above what it was before. Then two
 processes judging at once (do they share a uid?) and the load test (programs/s, anything leaked).
 Needs root (the uid drop, cgroups); run it on an otherwise idle machine for the rates.
 """
@@ -25,12 +26,14 @@ DEFAULT = Limits()  # what code tasks use for Python: 10 s wall, 5 CPU-s, 512 MB
 
 
 def host_used() -> int:
+    """Memory held by every process of the host (AnonPages) plus tmpfs and memfd pages (Shmem). Not
+    MemTotal - MemAvailable: in these VMs MemFree lags freed pages by 100-300 MB, run to run."""
     info = {}
     with open("/proc/meminfo") as f:
         for line in f:
             key, value = line.split(":")
             info[key] = int(value.split()[0]) * 1024
-    return info["MemTotal"] - info["MemAvailable"]
+    return info["AnonPages"] + info["Shmem"]
 
 
 class HostMemory:
@@ -175,7 +178,7 @@ def main() -> None:
         raise SystemExit("run as root: the uid drop and the cgroups need it")
     box = Sandbox()
     print(f"isolation: {box.isolation()}\n")
-    print("| attack | outcome | reason | job peak MB (cgroup) | job cap MB | host peak above before, MB |")
+    print("| attack | outcome | reason | job peak MB (cgroup) | job cap MB | host anon+shmem peak above before, MB |")
     print("|---|---|---|---|---|---|")
     python = [box.python, "-I", "-B", "main.py"]
     attack(box, "20 children x 400 MB", python, {"main.py": children_holding(20, ANON_400, 400)},
