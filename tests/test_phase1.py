@@ -348,3 +348,54 @@ def test_srt_ends_every_record_with_the_templates_turn_end(tmp_path, monkeypatch
     srt.run_srt(str(model_dir), srt.SRTConfig(data_dir=str(data), output_dir=str(tmp_path / "srt")))
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert len(seen) == 2 and all(r["input_ids"][-1] == r["labels"][-1] == im_end for r in seen)
+
+
+def test_padding_free_batches_give_the_padded_loss_and_gradients(tokenizer):
+    """PackCollator + supervised_nll must be the padded batch + the model's own loss, on the same records."""
+    from conftest import make_model
+
+    from sdzero.srt import PackCollator, supervised_nll
+
+    torch.manual_seed(0)
+    model = make_model(tokenizer).float()
+    recs = [build_revision_record([1, 2, 3, 4], [10 + i] * (1 + 3 * i), [20, 21], [30 + i, 31, 40][: 1 + i % 3],
+                                  EOT, 64) for i in range(4)]
+    recs += [build_generation_record([1, 2], [10 + i, 11], [20, 21], [30 + i], EOT, 64) for i in range(3)]
+    padded = PadCollator(0)(recs)
+    loss_padded = model(**padded).loss
+    grads_padded = torch.autograd.grad(loss_padded, list(model.parameters()))
+    packed = PackCollator()(recs)
+    assert packed["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in recs))  # no padding
+    labels = packed.pop("labels")
+    outputs = model(**packed)
+    n_supervised = sum(sum(x != IGNORE for x in r["labels"][1:]) for r in recs)
+    assert outputs.logits.shape[1] == n_supervised  # only supervised positions reach the vocabulary
+    loss_packed = supervised_nll(outputs, labels)
+    grads_packed = torch.autograd.grad(loss_packed, list(model.parameters()))
+    assert loss_packed.item() == pytest.approx(loss_padded.item(), abs=1e-5)
+    for a, b in zip(grads_padded, grads_packed):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    # With the Trainer's count over an accumulated batch the sum is divided by that count instead.
+    assert supervised_nll(outputs, labels, num_items_in_batch=2 * n_supervised).item() == \
+        pytest.approx(loss_padded.item() / 2, abs=1e-5)
+
+
+def test_srt_training_steps_match_with_and_without_padding(tokenizer, tmp_path):
+    """Two Trainer steps from the same weights on the same records end at the same weights either way."""
+    from conftest import make_model
+
+    from sdzero.srt import SRTConfig, train_records
+
+    recs = [build_revision_record([1, 2, 3], [10 + i] * (1 + 2 * i), [20, 21], [30 + i, 31, 40], EOT, 64)
+            for i in range(8)]
+    weights = {}
+    for padding_free in (True, False):
+        model = make_model(tokenizer).float()
+        cfg = SRTConfig(output_dir=str(tmp_path / str(padding_free)), learning_rate=1e-2, num_train_epochs=1,
+                        per_device_train_batch_size=4, precision="fp32", warmup_steps=0, logging_steps=1,
+                        padding_free=padding_free, save_steps=100)
+        history = train_records(model, recs, cfg, pad_id=0, stage="check")
+        weights[padding_free] = torch.cat([p.detach().flatten() for p in model.parameters()])
+        assert len([h for h in history if "loss" in h]) == 2
+    assert not torch.equal(weights[True], torch.cat([p.flatten() for p in make_model(tokenizer).parameters()]))
+    assert torch.allclose(weights[True], weights[False], atol=1e-5)

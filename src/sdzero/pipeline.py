@@ -70,6 +70,8 @@ class RunConfig:
     srt_learning_rate: float = field(default=1e-5, metadata={"help": "Phase 1 SRT learning rate."})
     srt_num_train_epochs: float = field(default=2.0, metadata={"help": "Phase 1 SRT epochs."})
     srt_batch_size: int = field(default=8, metadata={"help": "Phase 1 SRT records per step."})
+    srt_padding_free: bool = field(default=True, metadata={"help": "Phase 1 SRT: padding-free batches (same loss, "
+                                                                   "faster); false: padded, as before 2026-11-30."})
     srt_revision_loss: bool = field(default=True, metadata={"help": "Phase 1 SRT: train L_revision."})
     srt_generation_loss: bool = field(default=True, metadata={"help": "Phase 1 SRT: train L_generation."})
     distill_max_steps: int = field(default=20, metadata={"help": "Phase 2 optimizer steps."})
@@ -114,7 +116,8 @@ def stage_configs(cfg: RunConfig, seed: int = 0) -> dict[str, Any]:
         "srt": SRTConfig(data_dir=str(out / "phase1"), output_dir=str(out / "srt"),
                          learning_rate=cfg.srt_learning_rate, num_train_epochs=cfg.srt_num_train_epochs,
                          per_device_train_batch_size=cfg.srt_batch_size, max_length=cfg.srt_max_length, seed=seed,
-                         revision_loss=cfg.srt_revision_loss, generation_loss=cfg.srt_generation_loss),
+                         revision_loss=cfg.srt_revision_loss, generation_loss=cfg.srt_generation_loss,
+                         padding_free=cfg.srt_padding_free),
         "distill": dc,
     }
     configs["collect"].validate()
