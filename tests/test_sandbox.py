@@ -215,6 +215,7 @@ def test_pool_runs_many_programs_without_leaking(tmp_path):
         verdicts = pool.map(jobs)
     assert [v.status for v in verdicts] == ["pass" if i % 10 else "fail" for i in range(1000)]
     assert sandbox_processes() == []
+    assert not list(Path("/sys/fs/cgroup").glob("**/sdzero-sandbox/uid-*"))  # every job's cgroup removed
     assert _children() <= children_before
     assert len(os.listdir("/proc/self/fd")) <= fds_before
 
