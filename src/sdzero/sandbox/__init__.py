@@ -7,12 +7,12 @@ Every program runs through `_launcher.py` (see its docstring for the exact steps
   on /tmp and /dev/shm as the only writable places, a fresh /proc that shows only the sandbox's own
   processes; nothing else of the host (the checkout, /home, ...) exists inside;
 - an unprivileged uid of its own, leased through a lock file per uid, so no two runs on the machine share
-  one, whichever process started them; no groups; a fresh session keyring, its uid's keyrings emptied
-  before and after the run (kernel keys outlive processes);
+  one, whichever process started them; no groups; a fresh session keyring with its uid's keyrings emptied
+  (kernel keys outlive processes), and no key syscalls for the program;
 - one budget for the whole job through cgroups (see cgroups.py): memory of all its processes with tmpfs
   and memfd pages (memory_mb + disk_mb), CPU seconds of the whole process tree (polled, then killed),
   process count, and an equal CPU share per job however many processes it starts;
-- no new user namespaces (a seccomp filter), so no mounts of its own;
+- no new user namespaces (a seccomp filter), so no mounts of its own, and no syscalls of another ABI;
 - per-process limits on CPU time, wall time, address space, processes, file size (stdout/stderr included)
   and open files; a scrubbed environment.
 Where the kernel refuses namespaces or cgroups (not root, locked-down container), the launcher falls back
