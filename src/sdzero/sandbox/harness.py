@@ -32,7 +32,6 @@ import collections
 import decimal
 import fractions
 import os
-import types
 
 KEY_FILE, SOLUTION_FILE, TESTS_FILE = "verdict.key", "solution.py", "tests.py"
 
