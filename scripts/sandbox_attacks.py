@@ -27,7 +27,7 @@ DEFAULT = Limits()  # what code tasks use for Python: 10 s wall, 5 CPU-s, 512 MB
 
 def host_used() -> int:
     """Memory held by every process of the host (AnonPages) plus tmpfs and memfd pages (Shmem). Not
-    MemTotal - MemAvailable: in these VMs MemFree lags freed pages by 100-300 MB, run to run."""
+    MemTotal - MemAvailable: in these VMs MemFree lags freed pages, by a different amount each run."""
     info = {}
     with open("/proc/meminfo") as f:
         for line in f:

@@ -44,11 +44,11 @@ def cmd_eval(argv: list[str]) -> int:
     mc, tc, gc, rc, ec = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, EvalConfig), argv,
                                 "sdzero eval")
     check_eval_split(ec.split, tc)
-    if ec.output:
-        check_output_file(ec.output)  # before the task loads (a download, a sandbox)
+    out = check_output_file(ec.output) if ec.output else None  # before the task loads (a download, a sandbox)
     task = load_task(tc)
-    safe_task = task.name.replace("/", "_").replace(":", "-")
-    out = check_output_file(ec.output or f"outputs/eval-{safe_task}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    if out is None:  # the default name needs the task's name
+        safe_task = task.name.replace("/", "_").replace(":", "-")
+        out = check_output_file(f"outputs/eval-{safe_task}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     try:
         questions = task.split(tc.split_sizes(ec.split))[ec.split]
         print(f"[sdzero] eval {mc.model} on {task.name}: {len(questions)} {ec.split} questions, "

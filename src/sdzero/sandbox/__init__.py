@@ -7,8 +7,8 @@ Every program runs through `_launcher.py` (see its docstring for the exact steps
   on /tmp and /dev/shm as the only writable places, a fresh /proc that shows only the sandbox's own
   processes; nothing else of the host (the checkout, /home, ...) exists inside;
 - an unprivileged uid of its own, leased through a lock file per uid, so no two runs on the machine share
-  one, whichever process started them; no groups; a fresh session keyring with its uid's keyrings emptied
-  (kernel keys outlive processes), and no key syscalls for the program;
+  one, whichever process started them; no groups; no kernel-key syscalls (keys outlive processes, so a
+  run could otherwise leave something for the next run of its uid);
 - one budget for the whole job through cgroups (see cgroups.py): memory of all its processes with tmpfs
   and memfd pages (memory_mb + disk_mb), CPU seconds of the whole process tree (polled, then killed),
   process count, and an equal CPU share per job however many processes it starts;
@@ -27,6 +27,7 @@ timeout / error, and never passes on an exit code alone (see harness.py for func
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import secrets
@@ -137,16 +138,7 @@ def processes_of_uid(uid: int) -> list[int]:
 
 def kill_uid(uid: int, rounds: int = 100) -> None:
     """SIGKILL every process of `uid` until none is left (a fork bomb may still be forking)."""
-    for _ in range(rounds):
-        pids = processes_of_uid(uid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.01)
+    cgroups.kill_until_none(lambda: processes_of_uid(uid), rounds)
 
 
 def default_python() -> str:
@@ -250,8 +242,8 @@ class Sandbox:
                 os.close(fd)
             if job is not None:
                 job.remove()
-            if self.is_root and uid is not None:
-                kill_uid(uid)
+            if self.is_root and uid is not None and job is None:
+                kill_uid(uid)  # without a job cgroup (it holds every process of the run): a scan of /proc
             if rundir is not None:
                 shutil.rmtree(rundir, ignore_errors=True)
             if lease is not None:
@@ -353,11 +345,16 @@ class Job:
     verdict_key: str | None = None  # set by function_test_job: the token only harness.py can print
 
 
+@functools.cache
+def _harness_source() -> str:
+    return HARNESS.read_text()
+
+
 def function_test_job(solution: str, tests: str) -> Job:
     """A job that runs `tests` (asserts, trusted) against `solution` (the candidate's code) through
     harness.py, which prints a fresh random key only after every test has run (see its docstring)."""
     key = secrets.token_hex(16)
-    files = {"main.py": HARNESS.read_text(), "solution.py": solution, "tests.py": tests, "verdict.key": key}
+    files = {"main.py": _harness_source(), "solution.py": solution, "tests.py": tests, "verdict.key": key}
     return Job(files=files, verdict_key=key)
 
 

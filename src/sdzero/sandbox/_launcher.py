@@ -14,8 +14,7 @@ It runs as the sandbox's parent user (root on these machines) and, in order:
    whatever directory a CI machine happens to use. The old root is unmounted. It then writes the program's
    files into /tmp/sandbox and forks the program;
 5. the program sets resource limits, makes itself the first choice of the job's OOM killer, drops to the
-   unprivileged uid/gid (no supplementary groups) in a fresh session keyring with its uid's keyrings
-   emptied, closes every other fd, installs a seccomp filter (no new user namespaces, no kernel-key
+   unprivileged uid/gid (no supplementary groups), closes every other fd, installs a seccomp filter (no new user namespaces, no kernel-key
    syscalls, no other syscall ABI) and execs with a scrubbed environment;
 6. the reaper waits, writes {exit, signal, cpu_s, isolation} to the status fd and exits.
 
@@ -36,8 +35,6 @@ MS_REC, MS_PRIVATE, MNT_DETACH = 0x4000, 0x40000, 0x2
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 DEVICES = ("null", "zero", "full", "random", "urandom")
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
-SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
-KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_CLEAR, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = 1, 7, -4, -5
 # audit arch, then the numbers of unshare, clone, clone3, add_key, request_key, keyctl
 SECCOMP_ARCH = {"x86_64": (0xC000003E, 272, 56, 435, 248, 249, 250),
                 "aarch64": (0xC00000B7, 97, 220, 435, 217, 218, 219)}
@@ -119,22 +116,9 @@ def _become_program(spec, work, libc) -> None:
         os.setgroups([])
         os.setgid(spec["gid"])
         os.setuid(spec["uid"])
-        _fresh_keyrings(libc)
     os.setsid()
     _forbid_new_user_namespaces(libc)
     os.execve(spec["argv"][0], spec["argv"], spec["env"])
-
-
-def _fresh_keyrings(libc) -> None:
-    """Kernel keys outlive processes: a uid's user keyring keeps what an earlier run of that uid added.
-    Start in a new session keyring with the uid's keyrings emptied (the seccomp filter then keeps the
-    program from adding keys of its own)."""
-    number = SYS_KEYCTL.get(os.uname().machine)
-    if number is None:
-        return
-    libc.syscall(number, KEYCTL_JOIN_SESSION_KEYRING, None)
-    for keyring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
-        libc.syscall(number, KEYCTL_CLEAR, ctypes.c_long(keyring))
 
 
 def _forbid_new_user_namespaces(libc) -> None:

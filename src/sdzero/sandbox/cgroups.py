@@ -124,18 +124,8 @@ class JobCgroup:
                 pass
         return sorted(found)
 
-    def kill_all(self, rounds: int = 200) -> None:
-        """SIGKILL every process in the job until none is left (a fork bomb may still be forking)."""
-        for _ in range(rounds):
-            pids = self.pids()
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.01)
+    def kill_all(self) -> None:
+        kill_until_none(self.pids, rounds=200)
 
     def remove(self) -> None:
         self.kill_all()
@@ -187,6 +177,20 @@ class JobCgroup:
 
     def new_oom_kills(self) -> int:
         return self.oom_kills() - self.oom_kills_before
+
+
+def kill_until_none(list_pids, rounds: int) -> None:
+    """SIGKILL every process `list_pids()` names until it names none (a fork bomb may still be forking)."""
+    for _ in range(rounds):
+        pids = list_pids()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
 
 
 _PARENTS: tuple[dict[str, Path], int] | None = None
