@@ -26,7 +26,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from sdzero.config import TaskConfig
-    from sdzero.evaluate import build_prompts
+    from sdzero.chat import build_prompts
     from sdzero.generation import HFGenerator, SamplingParams
     from sdzero.models import load_model_and_tokenizer
     from sdzero.tasks import load_task

@@ -18,7 +18,8 @@ import time
 
 from sdzero.chat import ControlPhrases, turn_end_id
 from sdzero.models import load_model, load_tokenizer
-from sdzero.srt import IGNORE, SRTConfig, build_records, train_records
+from sdzero.srt import SRTConfig, build_records
+from sdzero.training import IGNORE, train_records
 
 
 def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
@@ -55,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     tok = load_tokenizer("embedded")
     if args.data:
-        from sdzero.collect import load_kept
+        from sdzero.runfolder import load_kept
 
         rows, meta = load_kept(args.data)
         phrases = ControlPhrases.from_dict(meta.get("control_phrases"))

@@ -6,7 +6,7 @@
 import argparse
 import json
 
-from sdzero.distill import format_history
+from sdzero.runfolder import format_history
 
 
 def main() -> None:

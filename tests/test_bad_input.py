@@ -149,7 +149,7 @@ def test_written_files_and_model_folders_get_the_users_normal_mode(tmp_path):
 
 
 def test_a_saved_model_folder_is_readable_by_the_group(tmp_path, tiny_model, tokenizer):
-    from sdzero.srt import save_model
+    from sdzero.training import save_model
 
     old = os.umask(0o022)
     try:

@@ -59,7 +59,7 @@ def test_each_method_stops_at_the_same_generation_count(tiny_model_dir, tmp_path
     from sdzero.baselines.grpo import GRPOBaselineConfig, run_grpo
     from sdzero.baselines.rft import RFTConfig, run_rft
     from sdzero.baselines.sdft import SDFTConfig, run_sdft
-    from sdzero.distill import history_totals
+    from sdzero.runfolder import history_totals
 
     questions = parity.split({"train": 12})["train"]
     spent = {}
@@ -247,7 +247,7 @@ def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_
 
 def test_rft_ends_its_records_with_the_templates_turn_end(tmp_path, parity, monkeypatch):
     """As SRT: a tokenizer whose eos is not the template's end of turn still learns to end turns with <|im_end|>."""
-    import sdzero.srt as srt
+    import sdzero.training as training
     from conftest import make_model, make_tokenizer
 
     from sdzero.baselines.rft import RFTConfig, run_rft
@@ -257,7 +257,7 @@ def test_rft_ends_its_records_with_the_templates_turn_end(tmp_path, parity, monk
     make_model(tok).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     seen = []
-    monkeypatch.setattr(srt, "train_records", lambda model, records, *a: seen.extend(records) or [])
+    monkeypatch.setattr(training, "train_records", lambda model, records, *a: seen.extend(records) or [])
     questions = parity.split({"train": 8})["train"]
     run_rft(str(model_dir), parity, questions, RFTConfig(output_dir=str(tmp_path / "rft"), drop_truncated=False),
             SAMPLING, GenerationBudget(32), dtype="fp32")

@@ -136,7 +136,7 @@ def test_models_whose_logits_are_not_hidden_times_head_are_refused(tokenizer):
 def test_dropout_is_off_in_the_student_attention_dropout_included(tokenizer):
     from conftest import make_model
 
-    from sdzero.distill import _disable_dropout
+    from sdzero.training import disable_dropout
 
     model = make_model(tokenizer)
     for m in model.modules():  # as if loaded with attention_dropout=0.5 in its config
@@ -146,7 +146,7 @@ def test_dropout_is_off_in_the_student_attention_dropout_included(tokenizer):
     ids = torch.tensor([chat_prompt_ids(tokenizer, "hello there")])
     torch.manual_seed(0)
     assert not torch.equal(model(ids).logits, model(ids).logits)  # dropout is on: two passes differ
-    _disable_dropout(model)
+    disable_dropout(model)
     assert torch.equal(model(ids).logits, model(ids).logits)
 
 

@@ -8,10 +8,12 @@ from parity_task import ParityTask  # also registers the parity: task
 
 from sdzero.chat import ControlPhrases, text_ids
 from sdzero.cli import main
-from sdzero.collect import CollectConfig, collect, load_kept, trim_repeated_tail
+from sdzero.collect import CollectConfig, collect, trim_repeated_tail
+from sdzero.runfolder import load_kept
 from sdzero.errors import SDZeroError
 from sdzero.generation import HFGenerator, SamplingParams
-from sdzero.srt import IGNORE, PadCollator, build_generation_record, build_records, build_revision_record
+from sdzero.srt import build_generation_record, build_records, build_revision_record
+from sdzero.training import IGNORE, PadCollator
 
 # ---------------------------------------------------------------- records and masks, by hand
 
@@ -299,7 +301,8 @@ def test_lora_training_lowers_the_loss_and_merges_exactly(tokenizer, tmp_path):
     from conftest import make_model
     from peft import LoraConfig, get_peft_model
 
-    from sdzero.srt import SRTConfig, train_records
+    from sdzero.srt import SRTConfig
+    from sdzero.training import train_records
 
     model = make_model(tokenizer)
     recs = [build_revision_record([1, 2, 3], [10 + i, 11], [20, 21], [30 + i, 31, 40], EOT, 64) for i in range(6)]
@@ -327,6 +330,7 @@ def test_srt_ends_every_record_with_the_templates_turn_end(tmp_path, monkeypatch
     """For a tokenizer whose eos (<|endoftext|>) is not the template's end of turn (<|im_end|>), SRT must teach
     the model to end its turn the way the chat template does."""
     import sdzero.srt as srt
+    import sdzero.training as training
     from conftest import make_model, make_tokenizer
 
     from sdzero.chat import chat_prompt_ids
@@ -344,7 +348,7 @@ def test_srt_ends_every_record_with_the_templates_turn_end(tmp_path, monkeypatch
                                               "y_revised_ids": text_ids(tok, "b")}])
     atomic_write_json(data / "sdzero.json", {"control_phrases": ControlPhrases().to_dict()})
     seen = []
-    monkeypatch.setattr(srt, "train_records", lambda model, records, *a: seen.extend(records) or [])
+    monkeypatch.setattr(training, "train_records", lambda model, records, *a: seen.extend(records) or [])
     srt.run_srt(str(model_dir), srt.SRTConfig(data_dir=str(data), output_dir=str(tmp_path / "srt")))
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert len(seen) == 2 and all(r["input_ids"][-1] == r["labels"][-1] == im_end for r in seen)
@@ -354,7 +358,7 @@ def test_padding_free_batches_give_the_padded_loss_and_gradients(tokenizer):
     """PackCollator + supervised_nll must be the padded batch + the model's own loss, on the same records."""
     from conftest import make_model
 
-    from sdzero.srt import PackCollator, supervised_nll
+    from sdzero.training import PackCollator, supervised_nll
 
     torch.manual_seed(0)
     model = make_model(tokenizer).float()
@@ -384,7 +388,8 @@ def test_srt_training_steps_match_with_and_without_padding(tokenizer, tmp_path):
     """Two Trainer steps from the same weights on the same records end at the same weights either way."""
     from conftest import make_model
 
-    from sdzero.srt import SRTConfig, train_records
+    from sdzero.srt import SRTConfig
+    from sdzero.training import train_records
 
     recs = [build_revision_record([1, 2, 3], [10 + i] * (1 + 2 * i), [20, 21], [30 + i, 31, 40], EOT, 64)
             for i in range(8)]

@@ -13,7 +13,7 @@ When the context is too long, y is truncated from its end; the question is never
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from sdzero.errors import SDZeroError
 
@@ -164,3 +164,17 @@ def reviser_context_ids(
             )
         response_ids = response_ids[:room]
     return list(prompt_ids) + list(response_ids) + list(suffix_ids)
+
+
+def build_prompts(tokenizer: Any, questions: Sequence[Any], system_prompt: str | None,
+                  max_prompt_tokens: int | None) -> list[list[int]]:
+    """Chat prompt ids per question (objects with .id and .prompt), none longer than max_prompt_tokens."""
+    prompts = [chat_prompt_ids(tokenizer, q.prompt, system_prompt) for q in questions]
+    if max_prompt_tokens is not None:
+        for q, p in zip(questions, prompts):
+            if len(p) > max_prompt_tokens:
+                raise SDZeroError(
+                    f"question {q.id} has a {len(p)}-token prompt, over the limit of {max_prompt_tokens}; raise "
+                    "max_prompt_tokens or filter long questions out (questions are never truncated)"
+                )
+    return prompts

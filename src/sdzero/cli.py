@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Callable
 
 from sdzero.errors import SDZeroError
@@ -110,7 +109,8 @@ def cmd_srt(argv: list[str]) -> int:
 
 def cmd_distill(argv: list[str]) -> int:
     from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig, read_meta
-    from sdzero.distill import DistillConfig, format_history, run_distill
+    from sdzero.distill import DistillConfig, run_distill
+    from sdzero.runfolder import format_history
     from sdzero.generation import SamplingParams
     from sdzero.tasks import load_task
 

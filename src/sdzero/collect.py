@@ -26,16 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from sdzero.chat import ControlPhrases, reviser_context_ids
+from sdzero.chat import ControlPhrases, build_prompts, reviser_context_ids
 from sdzero.errors import SDZeroError
-from sdzero.evaluate import build_prompts
 from sdzero.files import atomic_write_json, atomic_write_jsonl, read_jsonl
 from sdzero.generation import Generator, SamplingParams
+from sdzero.runfolder import KEPT_FILE
 from sdzero.tasks.base import Question, Task
 
-KEPT_FILE = "kept.jsonl"
-REQUIRED_COLUMNS = ("question_id", "prompt", "prompt_ids", "y_init_ids", "r_init", "control_phrase",
-                    "y_revised_ids")
 
 
 @dataclass
@@ -264,21 +261,3 @@ def summarize(t: dict[str, int], kept: int) -> dict[str, Any]:
         "right_to_right_rate": rate("right_to_right", "revised_right"),
         "kept": kept,
     }
-
-
-def load_kept(data_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The kept tuples and the collection's metadata, with clear errors for unusable data."""
-    data_dir = Path(data_dir)
-    f = data_dir / KEPT_FILE
-    if not f.is_file():
-        raise SDZeroError(f"no collected data at {f}; run `sdzero collect --output_dir {data_dir}` first")
-    rows = read_jsonl(f)
-    if not rows:
-        raise SDZeroError(f"{f} has no kept tuples: no revision was verified correct. Collect on more questions, "
-                          "sample more revisions, or start from a stronger model")
-    missing = [c for c in REQUIRED_COLUMNS if c not in rows[0]]
-    if missing:
-        raise SDZeroError(f"{f} lacks the column(s) {missing}; it was not written by `sdzero collect`")
-    from sdzero.config import read_meta
-
-    return rows, read_meta(data_dir) or {}

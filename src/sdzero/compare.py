@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sdzero.distill import history_totals, read_history, reward_curve
+from sdzero.runfolder import history_totals, read_history, reward_curve
 from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import atomic_write_json, atomic_write_text, check_output_dir
 

@@ -45,6 +45,7 @@ from typing import Any, Iterator, Sequence
 
 from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import atomic_write_json, atomic_write_text
+from sdzero.runfolder import write_history
 
 DIVERGENCES = {"topk": ("forward", "reverse", "mixed"), "full": ("forward", "reverse", "mixed", "jsd"),
                "sampled": ("reverse",)}
@@ -362,9 +363,9 @@ class DistillTrainer:
         from accelerate.utils import DistributedType
 
         from sdzero.chat import turn_end_id
-        from sdzero.evaluate import build_prompts
-        from sdzero.models import load_model, load_tokenizer
-        from sdzero.srt import _use_bf16
+        from sdzero.chat import build_prompts
+        from sdzero.models import load_tokenizer
+        from sdzero.training import apply_lora, disable_dropout, load_model_to_train, trackers, use_bf16
 
         if not questions:
             raise SDZeroError("Phase 2 has no questions: set --phase2_size")
@@ -379,15 +380,15 @@ class DistillTrainer:
         self.system_prompt = system_prompt
         self.generation_backend, self.generation_batch_size = generation_backend, generation_batch_size
         self.seed = seed  # one seed (the generation config's): question order, sampling, adapter initialisation
-        trackers = _trackers(cfg.report_to)
+        tracker_names = trackers(cfg.report_to)
         # accelerate keeps one mixed-precision setting per process; a stage before this one (SRT's Trainer in
         # `sdzero run`) may have set another. Reset it, keeping the processes (PartialState) as they are.
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(reset_partial_state=False)
         # cpu=True without a GPU: several processes launched on a CPU machine then join over gloo.
-        self.acc = Accelerator(mixed_precision="bf16" if _use_bf16(cfg.precision) else "no",
-                               log_with=trackers or None, project_dir=cfg.output_dir,
+        self.acc = Accelerator(mixed_precision="bf16" if use_bf16(cfg.precision) else "no",
+                               log_with=tracker_names or None, project_dir=cfg.output_dir,
                                cpu=not torch.cuda.is_available())
         cfg.validate(self.acc.num_processes)
         self.main = self.acc.is_main_process
@@ -401,17 +402,11 @@ class DistillTrainer:
         self.suffix = phrases.suffix_ids(self.tokenizer)
 
         torch.manual_seed(seed)
-        lm = load_model(model_name, dtype="fp32")  # fp32 master weights; bf16 only through autocast
-        lm.config.use_cache = False
+        lm = load_model_to_train(model_name)  # fp32 master weights; bf16 only through autocast
         check_head_gives_logits(lm, self.tokenizer)
         if cfg.use_lora:
-            from peft import LoraConfig, get_peft_model
-
-            target = cfg.lora_target_modules
-            lm = get_peft_model(lm, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                               target_modules=target if target == "all-linear" else target.split(","),
-                                               task_type="CAUSAL_LM"))
-        _disable_dropout(lm)
+            lm = apply_lora(lm, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules)
+        disable_dropout(lm)
         # The teacher keeps the student's fp32 weights and runs under the same autocast: a bf16 copy would not be
         # the starting model numerically (its residual stream and norms would run in bf16, the student's in fp32).
         self.teacher = Teacher(cfg.teacher, lm, cfg.use_lora, cfg.ema_rate, cfg.teacher_sync_steps)
@@ -697,7 +692,7 @@ class DistillTrainer:
             self.history.append(metrics)
             self.acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.step)
             if self.main:
-                atomic_write_text(self.out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+                write_history(self.out, self.history)
                 bar.set_postfix(loss=f"{metrics['loss'] if metrics['loss'] is not None else math.nan:.4f}",
                                 reward=f"{metrics['reward']:.2f}",
                                 len=f"{metrics['response_length']:.0f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
@@ -708,7 +703,7 @@ class DistillTrainer:
         return {"steps_done": self.step, "finished": self.step >= cfg.max_steps, "history": self.history}
 
     def save_model(self) -> dict[str, Any]:
-        from sdzero.srt import save_model
+        from sdzero.training import save_model
 
         cfg = self.cfg
         summary = {
@@ -730,34 +725,6 @@ class DistillTrainer:
             lm.config.use_cache = False
         self.acc.wait_for_everyone()
         return summary
-
-
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
-
-
-def _trackers(report_to: str | None) -> list[str]:
-    """The trackers asked for, each checked to be known and installed (accelerate would only warn)."""
-    import importlib.util
-
-    names = [] if report_to in (None, "", "none") else [t.strip() for t in report_to.split(",") if t.strip()]
-    for name in names:
-        if name not in TRACKER_PACKAGES:
-            raise SDZeroError(f"unknown tracker {name!r} in report_to; choose from none, {', '.join(TRACKER_PACKAGES)}")
-        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
-            raise SDZeroError(f"report_to={name} needs the {TRACKER_PACKAGES[name]} package: "
-                              f"pip install {TRACKER_PACKAGES[name]}")
-    return names
-
-
-def _disable_dropout(model: Any) -> None:
-    """Dropout off in the student too (the spec). Attention dropout in transformers is a float each
-    attention module copied from the config when it was built, not an nn.Dropout: zero both."""
-    torch = _torch()
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-        if isinstance(getattr(m, "attention_dropout", None), float):
-            m.attention_dropout = 0.0
 
 
 def _prepare_sharded_teacher(module: Any, acc: Any) -> Any:
@@ -805,51 +772,3 @@ def run_distill(model_name: str, task: Any, questions: Sequence[Any], cfg: Disti
             tracker.finish()                  # pipeline still needs; `sdzero` ends it on exit
     summary["history"] = result["history"]
     return summary
-
-
-def summarize_history(history: Sequence[dict[str, Any]], window: int = 5) -> dict[str, Any]:
-    """Means of the first and last `window` steps: what moved."""
-    def mean(rows, key):
-        vals = [r[key] for r in rows if r.get(key) is not None]
-        return sum(vals) / len(vals) if vals else math.nan
-
-    first, last = history[:window], history[-window:]
-    keys = ("loss", "reward", "response_length", "clipped_share", "kl_correct", "kl_wrong",
-            "answer_logprob_teacher_wrong", "answer_logprob_student_wrong", "teacher_above_student_wrong",
-            "kl_share_first_wrong", "kl_share_answer_wrong", "kl_share_first_right", "tokens_per_s")
-    return {k: {"first": mean(first, k), "last": mean(last, k)} for k in keys}
-
-
-def read_history(output_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-step log of a Phase-2 run (OUTPUT_DIR/log.jsonl; also there when the model was trained before)."""
-    log = Path(output_dir) / "log.jsonl"
-    return [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
-
-
-def reward_curve(history: Sequence[dict[str, Any]], start: int = 0,
-                 per_step: int = 0) -> list[dict[str, Any]]:
-    """Per step: generations spent so far (from `start`) and the step's reward (accuracy of its own rollouts).
-    `per_step` stands in for logs written before steps recorded `responses`."""
-    out, spent = [], start
-    for h in history:
-        spent += h.get("responses", per_step)
-        out.append({"generations": spent, "train_accuracy": h["reward"]})
-    return out
-
-
-def history_totals(history: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Steps, responses and tokens sampled, wall minutes and the minutes of those spent generating rollouts.
-    (Logs written before steps recorded `responses` count 0 there.)"""
-    return {"steps": len(history), "responses": sum(h.get("responses", 0) for h in history),
-            "sampled_tokens": sum(h.get("sampled_tokens", 0) for h in history),
-            "minutes": sum(h["step_s"] for h in history) / 60,
-            "generation_minutes": sum(h["generation_s"] for h in history) / 60}
-
-
-def format_history(history: Sequence[dict[str, Any]], window: int = 5) -> str:
-    """The console / report summary of a Phase-2 log: first vs last `window` steps, and the totals."""
-    t = history_totals(history)
-    lines = [f"Phase 2: {t['steps']} steps, {t['minutes']:.1f} min ({t['generation_minutes']:.1f} generating); "
-             f"mean of the first {window} -> last {window} steps:"]
-    lines += [f"  {k:<16} {v['first']:.4f} -> {v['last']:.4f}" for k, v in summarize_history(history, window).items()]
-    return "\n".join(lines)

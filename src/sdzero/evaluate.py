@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from sdzero.chat import ControlPhrases, chat_prompt_ids, reviser_context_ids
+from sdzero.chat import ControlPhrases, build_prompts, reviser_context_ids
 from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import atomic_write_json
 from sdzero.generation import Generator, SamplingParams
@@ -55,19 +55,6 @@ def check_eval_split(split: str, tc: Any) -> None:
         raise SDZeroError(f"the evaluation split must be eval (held-out) or validation, not {split!r}")
     if split == "validation" and tc.validation_size < 1:
         raise SDZeroError("evaluating on the validation split needs --validation_size N (N >= 1)")
-
-
-def build_prompts(tokenizer: Any, questions: Sequence[Question], system_prompt: str | None,
-                  max_prompt_tokens: int | None) -> list[list[int]]:
-    prompts = [chat_prompt_ids(tokenizer, q.prompt, system_prompt) for q in questions]
-    if max_prompt_tokens is not None:
-        for q, p in zip(questions, prompts):
-            if len(p) > max_prompt_tokens:
-                raise SDZeroError(
-                    f"question {q.id} has a {len(p)}-token prompt, over the limit of {max_prompt_tokens}; raise "
-                    "max_prompt_tokens or filter long questions out (questions are never truncated)"
-                )
-    return prompts
 
 
 def evaluate(

@@ -148,7 +148,8 @@ def _state(out: Path) -> dict[str, Any]:
 def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str, Any]:
     from sdzero.collect import collect
     from sdzero.config import read_meta
-    from sdzero.distill import history_totals, read_history, run_distill
+    from sdzero.distill import run_distill
+    from sdzero.runfolder import history_totals, read_history
     from sdzero.evaluate import EvalConfig, check_eval_split, evaluate_model
     from sdzero.generation import SamplingParams, make_generator
     from sdzero.models import load_model_and_tokenizer
@@ -289,7 +290,7 @@ def write_run_report(out: Path, state: dict[str, Any], task_name: str, model_nam
                          f"{s['seconds'] / 60:.1f} min |")
     total = sum(s["seconds"] for n, s in state.items() if n in STAGES and n != "report")
     lines += ["", f"Total wall time (stages above): {total / 60:.1f} min.", ""]
-    from sdzero.distill import format_history, read_history
+    from sdzero.runfolder import format_history, read_history
 
     hist = read_history(out / "distill")
     if hist:

@@ -199,8 +199,8 @@ def run_grpo(model_name: str, task: Any, questions: Sequence[Any], cfg: GRPOBase
     from trl import GRPOConfig
 
     from sdzero.config import read_meta
-    from sdzero.models import load_model, load_tokenizer
-    from sdzero.srt import _use_bf16, save_model
+    from sdzero.models import load_tokenizer
+    from sdzero.training import load_model_to_train, save_on_main_process, use_bf16
 
     cfg.validate()
     out = Path(cfg.output_dir)
@@ -226,14 +226,13 @@ def run_grpo(model_name: str, task: Any, questions: Sequence[Any], cfg: GRPOBase
         num_generations=cfg.num_generations, max_completion_length=sampling.max_new_tokens,
         temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, loss_type=cfg.loss_type,
         epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
-        mask_truncated_completions=cfg.mask_truncated_completions, bf16=_use_bf16(cfg.precision),
+        mask_truncated_completions=cfg.mask_truncated_completions, bf16=use_bf16(cfg.precision),
         gradient_checkpointing=False, use_cpu=not torch.cuda.is_available(), logging_steps=1,
         save_steps=cfg.save_steps, save_total_limit=2, report_to=[], seed=seed, data_seed=seed,
         disable_tqdm=False,
     )
     tok = load_tokenizer(model_name)
-    model = load_model(model_name, dtype="fp32")
-    model.config.use_cache = False
+    model = load_model_to_train(model_name)
     t0, g0, k0 = time.perf_counter(), budget.generations, budget.sampled_tokens
     trainer = _trainer_class()(model=model, reward_funcs=make_reward_function(task, questions, budget), args=args,
                                train_dataset=grpo_dataset(questions, system_prompt), processing_class=tok,
@@ -248,7 +247,6 @@ def run_grpo(model_name: str, task: Any, questions: Sequence[Any], cfg: GRPOBase
         if trainer.accelerator.is_main_process:
             print(f"[grpo] resumed from {last}", flush=True)
     trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
-    model.config.use_cache = True
     history = [h for h in trainer.state.log_history if "reward" in h]
     summary = {
         "base_model": model_name, "grpo": asdict(cfg), "steps": steps, "generations": budget.generations - g0,
@@ -260,7 +258,5 @@ def run_grpo(model_name: str, task: Any, questions: Sequence[Any], cfg: GRPOBase
     }
     if trainer.state.global_step < steps:  # stopped early (stop_after_steps): the checkpoint is the result
         return summary
-    if trainer.accelerator.is_main_process:
-        save_model(trainer.accelerator.unwrap_model(trainer.model), tok, out / "model", summary)
-    trainer.accelerator.wait_for_everyone()
+    save_on_main_process(trainer.accelerator.unwrap_model(trainer.model), tok, out / "model", summary)
     return summary

@@ -6,7 +6,7 @@ Simplifications, stated up front:
   `GenerationBudget` passed in) is spent
   (a question is sampled whole or not at all, so up to k-1 generations of the budget may stay unused).
 - A kept sample is trained as chat(x) -> y <eot>, the prompt unsupervised: SRT's generation record with
-  no draft, trained by the same transformers Trainer loop (`sdzero.srt.train_records`).
+  no draft, trained by the shared supervised loop (`sdzero.training.train_records`, as SRT).
 - Identical correct responses to one question are kept once; responses cut at the token cap are dropped.
 """
 
@@ -63,10 +63,11 @@ def run_rft(model_name: str, task: Any, questions: Sequence[Any], cfg: RFTConfig
 
     from sdzero.chat import turn_end_id
     from sdzero.config import read_meta
-    from sdzero.evaluate import build_prompts
+    from sdzero.chat import build_prompts
     from sdzero.generation import make_generator
     from sdzero.models import load_model_and_tokenizer
-    from sdzero.srt import SRTConfig, build_generation_record, save_model, train_records
+    from sdzero.training import SFTConfig, load_model_to_train, loss_history, save_on_main_process, sft_record, \
+        train_records
 
     cfg.validate()
     out = Path(cfg.output_dir)
@@ -97,28 +98,21 @@ def run_rft(model_name: str, task: Any, questions: Sequence[Any], cfg: RFTConfig
     if not kept:
         raise SDZeroError(f"RFT kept no sample: none of the {len(chosen) * k} responses was verified correct")
     by_id = {q.id: p for q, p in zip(chosen, prompts)}
-    records = [r for r in (build_generation_record(by_id[s["question_id"]], [], [], s["response_ids"],
-                                                   turn_end_id(tok), cfg.max_length) for s in kept) if r]
+    eot = turn_end_id(tok)
+    records = [sft_record(by_id[s["question_id"]], s["response_ids"] + [eot]) for s in kept
+               if len(by_id[s["question_id"]]) + len(s["response_ids"]) + 1 <= cfg.max_length]
     del model, generator
-    from sdzero.models import load_model
-
-    model = load_model(model_name, dtype="fp32")  # fp32 master weights, bf16 autocast (as SRT)
-    model.config.use_cache = False
-    train_cfg = SRTConfig(output_dir=str(out), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
+    model = load_model_to_train(model_name)  # fp32 master weights, bf16 autocast (as SRT)
+    train_cfg = SFTConfig(output_dir=str(out), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
                           per_device_train_batch_size=cfg.per_device_train_batch_size, max_length=cfg.max_length,
                           precision=cfg.precision, resume=cfg.resume, seed=seed)
     history = train_records(model, records, train_cfg, tok.pad_token_id, "rft")
-    model.config.use_cache = True
     summary = {
         "base_model": model_name, "rft": asdict(cfg), "questions_sampled": len(chosen),
         "generations": len(chosen) * k, "sampled_tokens": sum(c.num_tokens for cs in completions for c in cs),
         "sample_accuracy": sum(flat) / len(flat), "kept": len(kept), "records": len(records),
         "seconds": round(time.perf_counter() - t0, 1),
-        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
+        "loss_history": loss_history(history),
     }
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
-        save_model(model, tok, out / "model", summary)
-    PartialState().wait_for_everyone()
+    save_on_main_process(model, tok, out / "model", summary)
     return summary
