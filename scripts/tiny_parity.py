@@ -1,4 +1,4 @@
-"""Losses of an SRT run and a Phase-2 run (bf16 autocast and fp32) on the tests' tiny random-weight model,
+"""Losses of an SRT run and a Phase-2 run (bf16 autocast and fp32, with its heat-maps) on the tests' tiny random-weight model,
 as JSON: run it before and after a refactor and compare the two files; equal files = unchanged behaviour.
 
     python scripts/tiny_parity.py --out before.json     # on the old code
@@ -57,6 +57,9 @@ def main() -> int:
             log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
             result[f"distill-{precision}"] = [{k: h[k] for k in ("step", "loss", "reward", "tokens", "grad_norm",
                                                                    "kl_correct", "kl_wrong")} for h in log]
+            pages = sorted((out / "selfloc").glob("*.jsonl"))  # the heat-maps' per-token KL
+            result[f"heatmaps-{precision}"] = {p.name: [json.loads(x) for x in p.read_text().splitlines()]
+                                               for p in pages}
     Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(f"wrote {args.out}")
     return 0

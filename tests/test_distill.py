@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from sdzero.alignment import build_aligned_pair
 from sdzero.chat import ControlPhrases, chat_prompt_ids, text_ids
 from sdzero.cli import main
-from sdzero.distill import DistillConfig, PolicyForward, Teacher, loss_weights, pad_batch, step_question_indices
+from sdzero.distill import DistillConfig, loss_weights, step_question_indices
+from sdzero.policy import DivergenceSpec, PolicyForward, Teacher, pad_batch
 from sdzero.errors import SDZeroError
 from sdzero.losses import topk_divergence
 from sdzero.selfloc import concentration, render_html, summarize
@@ -91,9 +92,9 @@ def test_trainer_loss_matches_a_dense_reference_on_a_real_model(tokenizer, diver
     s_ids, s_mask, s_rows, s_cols = pad_batch([p.student_ids for p in pairs], [p.student_positions for p in pairs], 0)
     with torch.no_grad():
         t_hidden, t_head = PolicyForward(teacher)(t_ids, t_mask, t_rows, t_cols, role="teacher")
-    per_token = PolicyForward(student)(s_ids, s_mask, s_rows, s_cols, role="student", teacher_hidden=t_hidden,
-                                       teacher_head=t_head, divergence=divergence, kind=kind, beta=0.3, topk=16,
-                                       chunk_size=5)[0]
+    spec = DivergenceSpec(divergence, kind, beta=0.3, topk=16, chunk_size=5)
+    per_token = PolicyForward(student, spec=spec)(s_ids, s_mask, s_rows, s_cols, role="student",
+                                                  teacher_hidden=t_hidden, teacher_head=t_head)[0]
     ref = []
     for p in pairs:
         with torch.no_grad():
@@ -120,7 +121,7 @@ def test_trainer_loss_matches_a_dense_reference_on_a_real_model(tokenizer, diver
 def test_models_whose_logits_are_not_hidden_times_head_are_refused(tokenizer):
     from conftest import make_model
 
-    from sdzero.distill import check_head_gives_logits
+    from sdzero.policy import check_head_gives_logits
 
     model = make_model(tokenizer)
     check_head_gives_logits(model, tokenizer)  # a plain Llama passes
@@ -233,7 +234,7 @@ def fixed_pair_kl(model_dir, teacher_dir, tokenizer):
     s = pad_batch([p.student_ids for p in pairs], [p.student_positions for p in pairs], 0)
     with torch.no_grad():
         th, head = teacher(*t, role="teacher")
-        return student(*s, role="student", teacher_hidden=th, teacher_head=head, topk=64)[0].mean().item()
+        return student(*s, role="student", teacher_hidden=th, teacher_head=head)[0].mean().item()
 
 
 def test_distill_end_to_end_moves_the_student_toward_the_teacher(tiny_model_dir, tokenizer, tmp_path, capsys):
@@ -500,19 +501,19 @@ def test_trainer_importance_weights_sampled_rollouts_at_its_temperature(tiny_mod
     ids, mask = torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long)
     vocab = tiny_model.config.vocab_size
     rows, cols = torch.zeros(vocab, dtype=torch.long), torch.full((vocab,), len(prompt) - 1)
-    student, teacher = PolicyForward(tiny_model), PolicyForward(tiny_model)
+    sampled = PolicyForward(tiny_model, spec=DivergenceSpec("sampled", "reverse", sample_temperature=0.7))
+    dense_kl = PolicyForward(tiny_model, spec=DivergenceSpec("full", "reverse"))
+    teacher = PolicyForward(tiny_model)
     with torch.no_grad():
         torch.manual_seed(1)
         t_hidden, head = teacher(ids, mask, rows[:1], cols[:1], role="teacher")
         t_hidden = t_hidden + 0.5 * torch.randn_like(t_hidden)  # another teacher
         q = (tiny_model(ids).logits[0, -1].float() / 0.7).softmax(-1)
     params = [p for p in tiny_model.parameters() if p.requires_grad]
-    per_token, _ = student(ids, mask, rows, cols, role="student", teacher_hidden=t_hidden.expand(vocab, -1),
-                           teacher_head=head, targets=torch.arange(vocab), divergence="sampled",
-                           sample_temperature=0.7)
+    per_token, _ = sampled(ids, mask, rows, cols, role="student", teacher_hidden=t_hidden.expand(vocab, -1),
+                           teacher_head=head, targets=torch.arange(vocab))
     estimated = torch.autograd.grad((per_token * q).sum(), params)
-    dense, _ = student(ids, mask, rows[:1], cols[:1], role="student", teacher_hidden=t_hidden, teacher_head=head,
-                       divergence="full", kind="reverse")
+    dense, _ = dense_kl(ids, mask, rows[:1], cols[:1], role="student", teacher_hidden=t_hidden, teacher_head=head)
     exact = torch.autograd.grad(dense.sum(), params)
     for a, b in zip(estimated, exact):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
