@@ -113,3 +113,19 @@ def test_verifier_timeout_counts_wrong_and_recovers():
         assert v("7/3", "7/3") is True  # a fresh worker answers
     finally:
         v.close()
+
+
+def test_a_script_without_a_main_guard_can_grade_math(tmp_path):
+    """A user's script that calls the math verifier at module level, with no `if __name__ == "__main__":`
+    guard: a spawned multiprocessing worker would re-run the script and fail; a fresh interpreter does not."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "grade.py"
+    script.write_text("from sdzero.verifiers import MathVerifier\n"
+                      "v = MathVerifier(timeout_s=20)\n"
+                      "print('RESULT', v('1/2', '0.5'), v('\\\\frac{2}{4}', '1/2'), v('1/3', '0.5'))\n"
+                      "v.close()\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "RESULT True True False" in done.stdout, (done.stdout, done.stderr[-2000:])

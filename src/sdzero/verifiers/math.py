@@ -3,16 +3,22 @@
 math-verify's own timeouts use SIGALRM, which only works on the main thread; training loops and reward
 functions often run elsewhere. So comparisons run in a persistent worker process: the caller waits on a
 pipe with a deadline and, if sympy hangs, kills the worker (answer counted wrong) and starts a new one.
+The worker is a fresh interpreter (`python -m sdzero.verifiers._math_worker`), not a multiprocessing child: spawn
+would re-run the caller's script, so a script without an `if __name__ == "__main__":` guard would crash.
 Plain integers on both sides are compared directly, which is what math-verify would conclude, and spares
 the round trip for most GSM8K-style answers.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import os
+import pickle
 import re
+import subprocess
+import sys
 import threading
 from functools import lru_cache
+from multiprocessing.connection import Connection
 
 from sdzero.verifiers.answers import UNICODE_MINUS
 
@@ -53,15 +59,18 @@ def _compare(candidate: str, gold: str) -> bool:
     return False
 
 
-def _worker(conn, compare) -> None:  # runs in the child process
+def _worker(rx: Connection, tx: Connection) -> None:  # runs in the worker process
+    path, compare = rx.recv()[0], None
+    sys.path[:] = path  # the caller's, so that its compare function can be imported by name
+    compare = pickle.loads(rx.recv_bytes())
     while True:
         try:
-            msg = conn.recv()
+            msg = rx.recv()
         except EOFError:
             return
         if msg is None:
             return
-        conn.send(compare(*msg))
+        tx.send(compare(*msg))
 
 
 class MathVerifier:
@@ -69,28 +78,37 @@ class MathVerifier:
 
     def __init__(self, timeout_s: float = 5.0, compare=_compare):
         self.timeout_s = timeout_s
-        self.compare = compare  # (candidate, gold) -> bool, a module-level function (it is pickled)
+        self.compare = compare  # (candidate, gold) -> bool, a module-level function (pickled by name)
         self._lock = threading.Lock()
-        self._proc = None
-        self._conn = None
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None  # answers from the worker
+        self._send: Connection | None = None  # questions to it
         self._fresh = True
         self.timeouts = 0  # comparisons that hit the deadline (counted wrong)
         self._cached = lru_cache(maxsize=65536)(self._compare_in_worker)
 
     def _start(self) -> None:
-        ctx = mp.get_context("spawn")  # fork would copy torch's thread pools; spawn is safe everywhere
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker, args=(child, self.compare), daemon=True)
-        self._proc.start()
-        child.close()
-        self._conn = parent
-        self._fresh = True  # its first answer also pays for importing sympy (a second or two)
+        q_read, q_write = os.pipe()  # questions: we write, the worker reads
+        a_read, a_write = os.pipe()  # answers: the worker writes, we read
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
+                                                                         os.environ.get("PYTHONPATH")]))}
+        self._proc = subprocess.Popen([sys.executable, "-m", "sdzero.verifiers._math_worker", str(q_read),
+                                       str(a_write)], pass_fds=(q_read, a_write), env=env,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        os.close(q_read)
+        os.close(a_write)
+        self._conn = Connection(a_read, writable=False)
+        self._send = Connection(q_write, readable=False)
+        self._send.send((list(sys.path),))
+        self._send.send_bytes(pickle.dumps(self.compare))
+        self._fresh = True  # its first answer also pays for starting Python and importing sympy (a few seconds)
 
     def _compare_in_worker(self, candidate: str, gold: str) -> bool:
         with self._lock:
-            if self._proc is None or not self._proc.is_alive():
+            if self._proc is None or self._proc.poll() is not None:
                 self._start()
-            self._conn.send((candidate, gold))
+            self._send.send((candidate, gold))
             if self._conn.poll(self.timeout_s + (15.0 if self._fresh else 0.0)):
                 self._fresh = False
                 return bool(self._conn.recv())
@@ -110,12 +128,16 @@ class MathVerifier:
 
     def close(self) -> None:
         if self._proc is not None:
-            if self._proc.is_alive():
+            if self._proc.poll() is None:
                 self._proc.kill()
-            self._proc.join(timeout=5)
-        if self._conn is not None:
-            self._conn.close()
-        self._proc = self._conn = None
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        for conn in (self._conn, self._send):
+            if conn is not None:
+                conn.close()
+        self._proc = self._conn = self._send = None
 
     def __del__(self) -> None:
         try:
