@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sdzero.compare import LABELS, ROW_ORDER, mean_std
+from sdzero.reports import LABELS, ROW_ORDER, mean_std
 
 
 def main() -> None:

@@ -24,9 +24,9 @@ MODELS = {"eval-base.json": None, "eval-srt.json": "srt/model", "eval-sdzero.jso
 
 def heldout_eval(run: Path) -> dict[str, dict]:
     from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig
+    from sdzero.context import Context
     from sdzero.evaluate import EvalConfig, evaluate_model
     from sdzero.pipeline import RunConfig
-    from sdzero.tasks import load_task
 
     state = json.loads((run / "stages.json").read_text())
     if "eval-sdzero" not in state:
@@ -37,20 +37,16 @@ def heldout_eval(run: Path) -> dict[str, dict]:
                          f"{settings.get('eval_split')!r}); see its report")
     pick = lambda cls: cls(**{f.name: settings[f.name] for f in fields(cls) if f.name in settings})  # noqa: E731
     mc, tc, gc, rc, cfg = (pick(c) for c in (ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, RunConfig))
-    task = load_task(tc)
     out, metrics = run / "heldout", {}
     out.mkdir(exist_ok=True)
-    try:
-        questions = task.split(tc.split_sizes("phase2"))["eval"]
+    with Context(mc, tc, gc, rc) as ctx:
         for name, sub in MODELS.items():
             target = out / name
             if not target.is_file():
                 model = mc.model if sub is None else str(run / sub)
                 ec = EvalConfig(num_samples=cfg.eval_num_samples, revise=cfg.eval_revise, output=str(target))
-                evaluate_model(model, task, questions, mc, tc, gc, rc, ec, target)
+                evaluate_model(ctx, model, ctx.questions("eval"), ec, target)
             metrics[name] = json.loads(target.read_text())["metrics"]
-    finally:
-        task.close()
     return metrics
 
 
@@ -59,7 +55,7 @@ def table(runs: list[Path]) -> str:
     right->right and mean response tokens; then the mean and sample standard deviation over the runs."""
     import statistics
 
-    from sdzero.pipeline import results_table
+    from sdzero.reports import results_table
 
     tables = {r: results_table(r / "heldout") for r in runs}
     if not any(tables.values()):

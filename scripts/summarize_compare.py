@@ -8,7 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sdzero.compare import BASELINES, seeds_in, write_compare_report
+from sdzero.compare import BASELINES, seeds_in
+from sdzero.reports import write_compare_report
 
 
 def main() -> None:

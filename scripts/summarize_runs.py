@@ -7,7 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sdzero.pipeline import STAGES, results_table
+from sdzero.reports import results_table
+from sdzero.runfolder import STAGES
 
 
 def main() -> None:

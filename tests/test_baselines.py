@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sdzero.budget import GenerationBudget
-from sdzero.compare import write_compare_report
+from sdzero.reports import write_compare_report
 from sdzero.errors import SDZeroError
 from sdzero.generation import Completion, SamplingParams
 

@@ -404,3 +404,26 @@ def test_srt_training_steps_match_with_and_without_padding(tokenizer, tmp_path):
         assert len([h for h in history if "loss" in h]) == 2
     assert not torch.equal(weights[True], torch.cat([p.flatten() for p in make_model(tokenizer).parameters()]))
     assert torch.allclose(weights[True], weights[False], atol=1e-5)
+
+
+def test_srt_with_activation_checkpointing_ends_at_the_same_weights(tokenizer, tmp_path):
+    """--gradient_checkpointing (the paper recipe's 24K-token records) recomputes activations: same steps,
+    same weights, and the model really checkpoints."""
+    from conftest import make_model
+
+    from sdzero.srt import SRTConfig
+    from sdzero.training import train_records
+
+    recs = [build_revision_record([1, 2, 3], [10 + i] * (1 + 2 * i), [20, 21], [30 + i, 31, 40], EOT, 64)
+            for i in range(8)]
+    weights, flags = {}, {}
+    for checkpointing in (False, True):
+        model = make_model(tokenizer).float()
+        cfg = SRTConfig(output_dir=str(tmp_path / str(checkpointing)), learning_rate=1e-2, num_train_epochs=1,
+                        per_device_train_batch_size=4, precision="fp32", warmup_steps=0, save_steps=100,
+                        gradient_checkpointing=checkpointing)
+        train_records(model, recs, cfg, pad_id=0, stage="check")
+        weights[checkpointing] = torch.cat([p.detach().flatten() for p in model.parameters()])
+        flags[checkpointing] = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    assert flags == {False: False, True: True}
+    assert torch.allclose(weights[True], weights[False], atol=1e-6)

@@ -36,18 +36,64 @@ def test_run_goes_through_every_stage_and_reports(tiny_model_dir, tmp_path, caps
     capsys.readouterr()
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS]) == 0
     assert capsys.readouterr().out.count("skipped") == 7
-    # Started again with other settings: refused, rather than mixing stages made with different settings.
+    # Started again with another shared setting: refused (every stage depends on it).
+    assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS, "--temperature", "0.9"]) == 2
+    assert "other settings (temperature)" in capsys.readouterr().err
+    # With another Phase-2 setting: Phase 2 and the stages after it are redone, the others kept, and the old
+    # Phase-2 outputs move to superseded/ with the settings they were made under (a sweep keeps every point).
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS, "--distill_max_steps",
-                 "3"]) == 2
-    assert "other settings (distill_max_steps)" in capsys.readouterr().err
-    # A run made before a setting existed matches while that setting stays at its default, and only then.
-    del state["settings"]["distill_skip_first_tokens"]
-    (out / "stages.json").write_text(json.dumps(state))
-    assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS]) == 0
+                 "3"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skipped") == 4 and "re-running distill, eval-sdzero, report" in printed
+    again = json.loads((out / "stages.json").read_text())
+    assert again["distill"]["generations"] == 12 and again["settings"]["distill_max_steps"] == 3
+    assert again["collect"] == state["collect"] and again["srt"] == state["srt"]
+    (old,) = (out / "superseded").iterdir()
+    assert json.loads((old / "stages.json").read_text())["settings"]["distill_max_steps"] == 2
+    assert len((old / "distill" / "log.jsonl").read_text().splitlines()) == 2
+    assert (old / "eval-sdzero.json").is_file() and (old / "report" / "results.md").is_file()
+    # A run made before a setting existed matches while that setting stays at its default.
+    del again["settings"]["distill_skip_first_tokens"]
+    (out / "stages.json").write_text(json.dumps(again))
+    assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS, "--distill_max_steps",
+                 "3"]) == 0
     assert capsys.readouterr().out.count("skipped") == 7
-    assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS,
-                 "--distill_skip_first_tokens", "1"]) == 2
-    assert "other settings (distill_skip_first_tokens)" in capsys.readouterr().err
+
+
+def test_which_stages_a_setting_change_makes_stale():
+    from sdzero.pipeline import stages_changed_by
+
+    assert stages_changed_by(["distill_learning_rate"]) == ["distill", "eval-sdzero", "report"]
+    assert stages_changed_by(["srt_batch_size", "distill_teacher"]) == ["srt", "eval-srt", "distill", "eval-sdzero",
+                                                                        "report"]
+    assert stages_changed_by(["use_lora"])[0] == "srt"
+    assert stages_changed_by(["collect_drafts_per_question"])[0] == "collect"
+    assert stages_changed_by(["eval_num_samples"]) == ["eval-base", "eval-srt", "eval-sdzero", "report"]
+    assert stages_changed_by(["distill_max_steps", "temperature"]) is None  # a shared setting: every stage
+
+
+def test_run_exposes_every_stage_field_and_the_shared_training_flags(tmp_path):
+    """A field of a stage's config is a `sdzero run` flag with the stage's prefix, and --use_lora /
+    --gradient_checkpointing / --report_to reach both training stages."""
+    from dataclasses import fields
+
+    from sdzero.distill import DistillConfig
+    from sdzero.pipeline import RunConfig, stage_configs
+    from sdzero.srt import SRTConfig
+
+    names = {f.name for f in fields(RunConfig)}
+    assert {"distill_beta", "distill_topk", "srt_mode", "srt_gradient_checkpointing", "collect_max_kept"} <= names
+    assert {f"distill_{f.name}" for f in fields(DistillConfig) if f.name not in ("output_dir", "resume",
+                                                                                "stop_after_steps")} <= names
+    assert "srt_batch_size" in names and {f.name for f in fields(SRTConfig)} >= {"per_device_train_batch_size"}
+    cfg = RunConfig(output_dir=str(tmp_path), use_lora=True, gradient_checkpointing=True, srt_batch_size=4,
+                    distill_beta=0.25)
+    configs = stage_configs(cfg, seed=3)
+    assert configs["srt"].use_lora and configs["distill"].use_lora
+    assert configs["srt"].gradient_checkpointing and configs["distill"].gradient_checkpointing
+    assert configs["srt"].per_device_train_batch_size == 4 and configs["srt"].seed == 3
+    assert configs["distill"].beta == 0.25 and configs["distill"].max_steps == 20  # run's own default
+    assert configs["collect"].drafts_per_question == 8 and configs["srt"].data_dir == str(tmp_path / "phase1")
 
 
 def test_run_stops_after_the_stage_asked_for(tiny_model_dir, tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict
-from typing import Callable
+from typing import Any, Callable
 
 from sdzero.errors import SDZeroError
 from sdzero.files import check_output_dir, check_output_file
@@ -35,58 +35,57 @@ def _parse(types: tuple, argv: list[str], prog: str, defaults: dict | None = Non
     return parsed
 
 
-def cmd_eval(argv: list[str]) -> int:
+def _parse_command(stage_config: type, argv: list[str], command: str, split: str | None = None) -> tuple[Any, Any]:
+    """(a Context over the shared settings, the command's own config). `split`: the question set the command
+    works on (phase1 / phase2), which must not be empty."""
     from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig
-    from sdzero.evaluate import EvalConfig, check_eval_split, evaluate_model, format_table
-    from sdzero.tasks import load_task
+    from sdzero.context import Context
 
-    mc, tc, gc, rc, ec = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, EvalConfig), argv,
-                                "sdzero eval")
-    check_eval_split(ec.split, tc)
+    mc, tc, gc, rc, own = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, stage_config), argv,
+                                 f"sdzero {command}")
+    if split is not None and getattr(tc, f"{split}_size") < 1:
+        raise SDZeroError(f"{command} needs {split.replace('phase', 'Phase-')} questions: set --{split}_size")
+    return Context(mc, tc, gc, rc), own
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from sdzero.evaluate import EvalConfig, check_eval_split, evaluate_model, format_table
+
+    ctx, ec = _parse_command(EvalConfig, argv, "eval")
+    mc, gc = ctx.model_config, ctx.generation
+    check_eval_split(ec.split, ctx.task_config)
     out = check_output_file(ec.output) if ec.output else None  # before the task loads (a download, a sandbox)
-    task = load_task(tc)
-    if out is None:  # the default name needs the task's name
-        safe_task = task.name.replace("/", "_").replace(":", "-")
-        out = check_output_file(f"outputs/eval-{safe_task}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    try:
-        questions = task.split(tc.split_sizes(ec.split))[ec.split]
-        print(f"[sdzero] eval {mc.model} on {task.name}: {len(questions)} {ec.split} questions, "
+    with ctx:
+        if out is None:  # the default name needs the task's name
+            safe_task = ctx.task.name.replace("/", "_").replace(":", "-")
+            out = check_output_file(f"outputs/eval-{safe_task}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+        questions = ctx.questions(ec.split)
+        print(f"[sdzero] eval {mc.model} on {ctx.task.name}: {len(questions)} {ec.split} questions, "
               f"k={ec.num_samples} at T={gc.temperature}", file=sys.stderr, flush=True)
-        report = evaluate_model(mc.model, task, questions, mc, tc, gc, rc, ec, out)
-    finally:
-        task.close()
-    print(format_table(report["metrics"], f"sdzero eval  model={mc.model}  task={task.name}"))
+        report = evaluate_model(ctx, mc.model, questions, ec, out)
+        task_name = ctx.task.name
+    print(format_table(report["metrics"], f"sdzero eval  model={mc.model}  task={task_name}"))
     print(f"report: {out}")
     return 0
 
 
 def cmd_collect(argv: list[str]) -> int:
     from sdzero.collect import CollectConfig, collect
-    from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig
     from sdzero.evaluate import format_table
-    from sdzero.generation import SamplingParams, make_generator
-    from sdzero.models import load_model_and_tokenizer
-    from sdzero.tasks import load_task
 
-    mc, tc, gc, rc, cc = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, CollectConfig), argv,
-                                "sdzero collect")
-    if tc.phase1_size < 1:
-        raise SDZeroError("collect needs Phase-1 questions: set --phase1_size")
+    ctx, cc = _parse_command(CollectConfig, argv, "collect", "phase1")
+    mc, tc, gc = ctx.model_config, ctx.task_config, ctx.generation
     check_output_dir(cc.output_dir)
-    task = load_task(tc)
-    try:
-        questions = task.split(tc.split_sizes("phase1"))["phase1"]
-        model, tokenizer = load_model_and_tokenizer(mc.model, mc.dtype, mc.device)
-        generator = make_generator(gc.backend, model, tokenizer, batch_size=gc.batch_size)
-        print(f"[sdzero] collect on {task.name}: {len(questions)} Phase-1 questions, "
+    with ctx:
+        questions = ctx.questions("phase1")
+        generator = ctx.generator()
+        print(f"[sdzero] collect on {ctx.task.name}: {len(questions)} Phase-1 questions, "
               f"{cc.drafts_per_question} draft(s) x {cc.revisions_per_draft} revision(s) at T={gc.temperature}",
               file=sys.stderr, flush=True)
-        summary = collect(generator, task, questions, SamplingParams(gc.max_new_tokens, gc.temperature, gc.top_p),
-                          cc, rc.phrases(), tc.system_prompt, gc.seed,
-                          meta={"model": mc.model, "task": tc.task, "task_config": asdict(tc)})
-    finally:
-        task.close()
-    print(format_table(summary["stats"], f"sdzero collect  model={mc.model}  task={task.name}"))
+        summary = collect(generator, ctx.task, questions, ctx.sampling(), cc, ctx.phrases(), ctx.system_prompt,
+                          ctx.seed, meta={"model": mc.model, "task": tc.task, "task_config": asdict(tc)})
+        task_name = ctx.task.name
+    print(format_table(summary["stats"], f"sdzero collect  model={mc.model}  task={task_name}"))
     print(f"data: {cc.output_dir}/kept.jsonl")
     return 0
 
@@ -108,30 +107,20 @@ def cmd_srt(argv: list[str]) -> int:
 
 
 def cmd_distill(argv: list[str]) -> int:
-    from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig, read_meta
     from sdzero.distill import DistillConfig, run_distill
     from sdzero.runfolder import format_history
-    from sdzero.generation import SamplingParams
-    from sdzero.tasks import load_task
 
-    mc, tc, gc, rc, dc = _parse((ModelConfig, TaskConfig, GenerationConfig, RevisionConfig, DistillConfig), argv,
-                                "sdzero distill")
-    if tc.phase2_size < 1:
-        raise SDZeroError("distill needs Phase-2 questions: set --phase2_size")
+    ctx, dc = _parse_command(DistillConfig, argv, "distill", "phase2")
+    mc, gc = ctx.model_config, ctx.generation
     check_output_dir(dc.output_dir)
-    task = load_task(tc)
-    try:
-        questions = task.split(tc.split_sizes("phase2"))["phase2"]
-        # The phrases the SRT model learned (stored in its sdzero.json) unless flags say otherwise.
-        phrases = rc.phrases(read_meta(mc.model))
-        sampling = SamplingParams(gc.max_new_tokens, gc.temperature, gc.top_p, n=dc.samples_per_question)
-        print(f"[sdzero] distill {mc.model} on {task.name}: {len(questions)} Phase-2 questions, "
+    with ctx:
+        questions = ctx.questions("phase2")
+        print(f"[sdzero] distill {mc.model} on {ctx.task.name}: {len(questions)} Phase-2 questions, "
               f"{dc.max_steps} steps x {dc.questions_per_step} questions, teacher={dc.teacher}, "
               f"divergence={dc.divergence}/{dc.divergence_kind}", file=sys.stderr, flush=True)
-        summary = run_distill(mc.model, task, questions, dc, sampling, phrases, tc.system_prompt, gc.backend,
-                              gc.batch_size, gc.seed)
-    finally:
-        task.close()
+        # The phrases the SRT model learned (stored in its sdzero.json) unless flags say otherwise.
+        summary = run_distill(mc.model, ctx.task, questions, dc, ctx.sampling(dc.samples_per_question),
+                              ctx.phrases(mc.model), ctx.system_prompt, gc.backend, gc.batch_size, ctx.seed)
     history = summary.get("history") or []
     if history:
         print(format_history(history))

@@ -169,21 +169,48 @@ def step_question_indices(num_questions: int, per_step: int, step: int, seed: in
 # --- the trainer ---------------------------------------------------------------------------------------------
 
 class DistillTrainer:
-    def __init__(self, model_name: str, task: Any, questions: Sequence[Any], cfg: DistillConfig, sampling: Any,
-                 phrases: Any, system_prompt: str | None = None, generation_backend: str = "hf",
-                 generation_batch_size: int = 32, seed: int = 0):
+    """Phase 2 from Python or the command line.
+
+        trainer = DistillTrainer(model="out/srt/model", reward_funcs=my_reward, train_dataset=questions,
+                                 args=DistillConfig(output_dir="out/distill", max_steps=20))
+        trainer.train()          # resumes from OUTPUT_DIR/checkpoints when there are some
+        trainer.save_model()     # OUTPUT_DIR/model
+
+    `model`: a hub name, a local path (an SRT model folder: its control phrases are used) or a model object
+    (trained in place; pass its tokenizer as `processing_class`). `reward_funcs`: a function (question,
+    response) -> float or a `Task`. `train_dataset`: a list or `datasets.Dataset` of strings, dicts or
+    Questions (`sdzero.tasks.user`). `sampling` defaults to SamplingParams() (T=0.7, 128 new tokens).
+    """
+
+    def __init__(self, model: Any, reward_funcs: Any, train_dataset: Any, args: DistillConfig | None = None,
+                 sampling: Any = None, phrases: Any = None, system_prompt: str | None = None,
+                 generation_backend: str = "hf", generation_batch_size: int = 32, seed: int = 0,
+                 processing_class: Any = None):
         import torch
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
 
-        from sdzero.chat import build_prompts, turn_end_id
+        from sdzero.chat import ControlPhrases, build_prompts, turn_end_id
+        from sdzero.config import read_meta
+        from sdzero.generation import SamplingParams
         from sdzero.models import load_tokenizer
+        from sdzero.tasks.user import as_questions, as_task
         from sdzero.training import apply_lora, disable_dropout, load_model_to_train, make_adamw, trackers, use_bf16
 
-        if not questions:
+        cfg = args if args is not None else DistillConfig()
+        by_name = isinstance(model, (str, Path))
+        if not by_name and processing_class is None:
+            raise SDZeroError("a model object needs its tokenizer: pass processing_class=tokenizer")
+        if isinstance(train_dataset, Sequence) and not train_dataset:
             raise SDZeroError("Phase 2 has no questions: set --phase2_size")
+        task, questions = as_task(reward_funcs), as_questions(train_dataset)
+        sampling = sampling if sampling is not None else SamplingParams()
+        if phrases is None:  # an SRT model's own phrases (its sdzero.json), else the paper's
+            phrases = ControlPhrases.from_dict((read_meta(str(model)) or {}).get("control_phrases")) if by_name \
+                else ControlPhrases()
+        model_name = str(model) if by_name else getattr(model.config, "_name_or_path", "") or type(model).__name__
         # The config says how many responses per question, whatever `sampling.n` the caller passed.
-        self.cfg, self.task, self.questions = cfg, task, list(questions)
+        self.cfg, self.task, self.questions = cfg, task, questions
         self.sampling = replace(sampling, n=cfg.samples_per_question)
         if cfg.divergence == "sampled" and (sampling.temperature <= 0 or sampling.top_p < 1.0):
             raise SDZeroError("divergence=sampled importance-weights rollouts from the student at its sampling "
@@ -205,7 +232,7 @@ class DistillTrainer:
                                cpu=not torch.cuda.is_available())
         cfg.validate(self.acc.num_processes)
         self.main = self.acc.is_main_process
-        self.tokenizer = load_tokenizer(model_name)
+        self.tokenizer = processing_class if processing_class is not None else load_tokenizer(model_name)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
             self.tokenizer.eos_token_id
         if self.pad_id is None:
@@ -215,7 +242,7 @@ class DistillTrainer:
         self.suffix = phrases.suffix_ids(self.tokenizer)
 
         torch.manual_seed(seed)
-        lm = load_model_to_train(model_name)  # fp32 master weights; bf16 only through autocast
+        lm = load_model_to_train(model)  # by name: fp32 master weights; bf16 only through autocast
         check_head_gives_logits(lm, self.tokenizer)
         if cfg.use_lora:
             lm = apply_lora(lm, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules)

@@ -197,32 +197,20 @@ def format_table(metrics: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def evaluate_model(model_name: str, task: Task, questions: Sequence[Question], mc: Any, tc: Any, gc: Any, rc: Any,
-                   ec: EvalConfig, output: Path) -> dict[str, Any]:
-    """Load a model, evaluate it, write the report to `output` and return it. A model trained by sdzero is
-    evaluated with the control phrases it learned (its sdzero.json), unless flags (`rc`) say otherwise."""
-    from sdzero.config import read_meta
-    from sdzero.generation import make_generator
-    from sdzero.models import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(model_name, mc.dtype, mc.device)
-    generator = make_generator(gc.backend, model, tokenizer, batch_size=gc.batch_size)
+def evaluate_model(ctx: Any, model_name: str, questions: Sequence[Question], ec: EvalConfig,
+                   output: Path) -> dict[str, Any]:
+    """Load a model, evaluate it on `questions` of `ctx.task`, write the report to `output` and return it. A model
+    trained by sdzero is evaluated with the control phrases it learned (its sdzero.json), unless flags say
+    otherwise. `ctx`: a `sdzero.context.Context`."""
+    generator = ctx.generator(model_name)
     t0 = time.perf_counter()
-    phrases = rc.phrases(read_meta(model_name))
-    report = evaluate(generator, task, questions, SamplingParams(gc.max_new_tokens, gc.temperature, gc.top_p), ec,
-                      phrases, tc.system_prompt, gc.seed)
+    phrases = ctx.phrases(model_name)
+    report = evaluate(generator, ctx.task, questions, ctx.sampling(), ec, phrases, ctx.system_prompt, ctx.seed)
     report["control_phrases"] = phrases.to_dict()
     report["metrics"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    write_report(output, report, {**config_dict(mc, tc, gc, rc, ec), "model": model_name})
+    write_report(output, report, {**ctx.settings(), **asdict(ec), "model": model_name})
     return report
 
 
 def write_report(path: Path, report: dict[str, Any], config: dict[str, Any]) -> None:
     atomic_write_json(path, {"config": config, **report})
-
-
-def config_dict(*configs: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for c in configs:
-        out.update(asdict(c))
-    return out

@@ -16,6 +16,10 @@ from typing import Any, Sequence
 from sdzero.errors import SDZeroError
 from sdzero.files import atomic_write_json, atomic_write_text, read_jsonl
 
+# `sdzero run`'s stages in order, and what each leaves in the run folder
+STAGES = ("eval-base", "collect", "srt", "eval-srt", "distill", "eval-sdzero", "report")
+STAGE_OUTPUTS = {"eval-base": "eval-base.json", "collect": "phase1", "srt": "srt", "eval-srt": "eval-srt.json",
+                 "distill": "distill", "eval-sdzero": "eval-sdzero.json", "report": "report"}
 KEPT_FILE = "kept.jsonl"
 KEPT_COLUMNS = ("question_id", "prompt", "prompt_ids", "y_init_ids", "r_init", "control_phrase", "y_revised_ids")
 LOG_FILE = "log.jsonl"

@@ -243,6 +243,10 @@ def train_records(model: Any, records: list[dict], cfg: SFTConfig, pad_id: int, 
     ckpt_dir = Path(cfg.output_dir) / "checkpoints" / stage
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     warmup = int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else cfg.warmup_steps  # steps, or a share of them
+    # transformers renamed gradient_checkpointing to activation_checkpointing (5.x); use the name it has.
+    name = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
+        else "gradient_checkpointing"
+    checkpointing = {name: True, f"{name}_kwargs": {"use_reentrant": False}} if cfg.gradient_checkpointing else {}
     args = TrainingArguments(
         output_dir=str(ckpt_dir), learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=warmup, num_train_epochs=cfg.num_train_epochs,
@@ -251,9 +255,7 @@ def train_records(model: Any, records: list[dict], cfg: SFTConfig, pad_id: int, 
         max_grad_norm=cfg.max_grad_norm, bf16=use_bf16(cfg.precision), use_cpu=not torch.cuda.is_available(),
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed,
         data_seed=cfg.seed, report_to=[] if cfg.report_to == "none" else cfg.report_to.split(","),
-        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False, **checkpointing,
     )
     packed = {"data_collator": PackCollator(), "compute_loss_func": supervised_nll} if cfg.padding_free else \
         {"data_collator": PadCollator(pad_id)}

@@ -260,3 +260,11 @@ def run_grpo(model_name: str, task: Any, questions: Sequence[Any], cfg: GRPOBase
         return summary
     save_on_main_process(trainer.accelerator.unwrap_model(trainer.model), tok, out / "model", summary)
     return summary
+
+
+def train(ctx: Any, questions: Sequence[Any], budget: Any, cfg: GRPOBaselineConfig) -> list[dict[str, Any]]:
+    """`sdzero compare`'s entry: GRPO from the context's model within `budget`; its reward-vs-generations curve."""
+    summary = run_grpo(ctx.model_config.model, ctx.task, questions, cfg, ctx.sampling(), budget, ctx.system_prompt,
+                       ctx.generation.batch_size, ctx.seed)
+    return [{"generations": (i + 1) * cfg.generations_per_step, "train_accuracy": h["reward"]}
+            for i, h in enumerate(summary["history"])]

@@ -116,3 +116,11 @@ def run_rft(model_name: str, task: Any, questions: Sequence[Any], cfg: RFTConfig
     }
     save_on_main_process(model, tok, out / "model", summary)
     return summary
+
+
+def train(ctx: Any, questions: Sequence[Any], budget: Any, cfg: RFTConfig) -> list[dict[str, Any]]:
+    """`sdzero compare`'s entry: RFT from the context's model within `budget`; its accuracy-vs-generations curve."""
+    g = ctx.generation
+    summary = run_rft(ctx.model_config.model, ctx.task, questions, cfg, ctx.sampling(), budget, ctx.system_prompt,
+                      g.backend, g.batch_size, ctx.seed, ctx.model_config.dtype)
+    return [{"generations": summary["generations"], "train_accuracy": summary["sample_accuracy"]}]

@@ -73,3 +73,22 @@ def run_sdft(model_name: str, task: Any, questions: Sequence[Any], cfg: SDFTConf
 
     return run_distill(model_name, task, questions, cfg, sampling, ControlPhrases(), system_prompt,
                        generation_backend, generation_batch_size, seed, trainer_class=SDFTTrainer)
+
+
+def train(ctx: Any, questions: Sequence[Any], budget: Any, cfg: SDFTConfig) -> list[dict[str, Any]]:
+    """`sdzero compare`'s entry: SDFT from the context's model, as many steps as `budget` pays for (one
+    response per question per step); its reward-vs-generations curve."""
+    from dataclasses import replace
+
+    from sdzero.runfolder import history_totals, read_history, reward_curve
+
+    steps = budget.remaining // cfg.questions_per_step if budget.remaining is not None else cfg.max_steps
+    if steps < 1:
+        raise SDZeroError(f"a budget of {budget.remaining} generations is less than one SDFT step")
+    cfg = replace(cfg, max_steps=steps)
+    run_sdft(ctx.model_config.model, ctx.task, questions, cfg, ctx.sampling(), ctx.system_prompt,
+             ctx.generation.backend, ctx.generation.batch_size, ctx.seed)
+    history = read_history(cfg.output_dir)
+    totals = history_totals(history)
+    budget.charge(totals["responses"], totals["sampled_tokens"], "sdft rollouts")
+    return reward_curve(history)
