@@ -1,5 +1,6 @@
-"""Losses of an SRT run and a Phase-2 run (bf16 autocast and fp32, with its heat-maps) on the tests' tiny random-weight model,
-as JSON: run it before and after a refactor and compare the two files; equal files = unchanged behaviour.
+"""Losses of an SRT run and a Phase-2 run (bf16 autocast and fp32, with its heat-maps) on the tests' tiny
+random-weight model, as JSON: run it before and after a refactor and compare the two files; equal files =
+unchanged behaviour.
 
     python scripts/tiny_parity.py --out before.json     # on the old code
     python scripts/tiny_parity.py --out after.json      # on the new code

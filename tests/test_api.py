@@ -60,7 +60,8 @@ def test_datasets_of_strings_dicts_and_hf_datasets_become_questions():
     task = as_task(lambda q, r: r.strip() == q.answer)
     q = as_questions([{"question": "1+1?", "answer": "2"}])[0]
     # graded by the final attempt: the text after the last control phrase
-    assert task.rewards([(q, "3\n\nWait, this response is not correct, let me start over.\n\n2"), (q, "3")]) == [1.0, 0.0]
+    trace = "3\n\nWait, this response is not correct, let me start over.\n\n2"
+    assert task.rewards([(q, trace), (q, "3")]) == [1.0, 0.0]
     with pytest.raises(SDZeroError, match="reward_funcs must be"):
         as_task(42)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -257,6 +258,10 @@ def test_distill_end_to_end_moves_the_student_toward_the_teacher(tiny_model_dir,
     rows = [json.loads(x) for x in (out / "selfloc" / "step-000001.jsonl").read_text().splitlines()]
     assert rows and all(len(r["tokens"]) == len(r["kl"]) > 0 for r in rows)
     assert "Correct responses" in (out / "selfloc" / "step-000001.html").read_text()
+    scales = [re.search(r"0 &rarr; (\S+) and above", (out / "selfloc" / f"step-00000{s}.html").read_text()).group(1)
+              for s in (1, 8)]
+    assert scales[0] == scales[1]  # one colour scale for the run's pages
+    assert {r["teacher_read"] for r in rows} <= {ControlPhrases().correct, ControlPhrases().wrong}
     # A finished run is not redone.
     capsys.readouterr()
     assert main(distill_args(tiny_model_dir, out, "--max_steps", "8")) == 0
@@ -414,6 +419,12 @@ def test_concentration_and_the_heat_map_page():
     assert s["first_token_mean_kl"] == pytest.approx(0.05) and s["later_tokens_mean_kl"] == pytest.approx(2.11 / 3)
     page = render_html(rows, "t")
     assert "q&lt;2&gt;" in page and page.count('<div class="resp">') == 2 and "KL 2.0000" in page
+    # The value of a coloured token is on the page, not only on hover; a legend gives the scale; a wrong response
+    # shows its gold answer; a row says what the teacher read; pages of one run can share a scale.
+    rows[1].update(answer="42", teacher_read="Wait, start over.")
+    page = render_html(rows, "t", scale=4.0)
+    assert "<sub>2.00</sub>" in page and "<sub>0.10</sub>" not in page and "0 &rarr; 4 and above" in page
+    assert "gold answer: <b>42</b>" in page and "the teacher read: &laquo;Wait, start over.&raquo;" in page
 
 
 # ---------------------------------------------------------------- fidelity: the teacher, the estimator, the API

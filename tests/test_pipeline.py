@@ -31,7 +31,10 @@ def test_run_goes_through_every_stage_and_reports(tiny_model_dir, tmp_path, caps
     data = json.loads((out / "report" / "results.json").read_text())
     assert set(data["models"]) == {"base", "SRT", "SD-Zero"}
     assert (out / "report" / "phase2-reward-length.png").is_file() and (out / "report" / "phase2-kl.png").is_file()
+    assert (out / "report" / "accuracy.png").is_file() and "**SD-Zero is " in report
     assert list((out / "report").glob("selfloc-step-*.html"))
+    log = (out / "sdzero.log").read_text()  # the run's messages, time-stamped, beside its outputs
+    assert "[run] srt ..." in log and "[run] eval-sdzero ..." in log
     # Started again: nothing is redone.
     capsys.readouterr()
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS]) == 0
@@ -127,3 +130,16 @@ def test_run_under_accelerate_launch_with_two_processes(tiny_model_dir, tmp_path
     assert list(state)[-1] == "report" and state["eval-base"]["generations"] == 20  # evaluated once, not twice
     assert json.loads((out / "distill" / "model" / "sdzero.json").read_text())["processes"] == 2
     assert (out / "report" / "results.md").is_file()
+
+
+def test_report_says_where_sd_zero_ends_and_gives_intervals():
+    from sdzero.reports import verdicts, wilson_interval
+
+    lo, hi = wilson_interval(0.3, 100)
+    assert 0.21 < lo < 0.22 and 0.39 < hi < 0.40  # the textbook Wilson interval for 30/100
+    table = {"base": {"avg@2": 0.20}, "SRT": {"avg@2": 0.30}, "SD-Zero": {"avg@2": 0.25}}
+    assert verdicts(table, 2) == ["SD-Zero is below SRT by 5.0 points (avg@2)."]
+    table["SD-Zero"]["avg@2"] = 0.15
+    assert verdicts(table, 2) == ["SD-Zero is below SRT by 15.0 points and below base by 5.0 points (avg@2)."]
+    table["SD-Zero"]["avg@2"] = 0.35
+    assert verdicts(table, 2) == ["SD-Zero is at or above SRT and base (avg@2)."]

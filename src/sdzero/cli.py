@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from sdzero.errors import SDZeroError
 from sdzero.files import check_output_dir, check_output_file
+from sdzero.logs import log_file
 
 
 def _parse(types: tuple, argv: list[str], prog: str, defaults: dict | None = None):
@@ -76,7 +77,7 @@ def cmd_collect(argv: list[str]) -> int:
     ctx, cc = _parse_command(CollectConfig, argv, "collect", "phase1")
     mc, tc, gc = ctx.model_config, ctx.task_config, ctx.generation
     check_output_dir(cc.output_dir)
-    with ctx:
+    with log_file(cc.output_dir), ctx:
         questions = ctx.questions("phase1")
         generator = ctx.generator()
         print(f"[sdzero] collect on {ctx.task.name}: {len(questions)} Phase-1 questions, "
@@ -96,7 +97,8 @@ def cmd_srt(argv: list[str]) -> int:
 
     mc, sc = _parse((ModelConfig, SRTConfig), argv, "sdzero srt")
     check_output_dir(sc.output_dir)
-    summary = run_srt(mc.model, sc)
+    with log_file(sc.output_dir):
+        summary = run_srt(mc.model, sc)
     losses = [h["loss"] for hs in summary["loss_history"].values() for h in hs]
     print(f"sdzero srt: {summary['tuples']} tuples -> {summary['revision_records']} revision + "
           f"{summary['generation_records']} generation records ({summary['dropped_for_length']} dropped for length)")
@@ -113,7 +115,7 @@ def cmd_distill(argv: list[str]) -> int:
     ctx, dc = _parse_command(DistillConfig, argv, "distill", "phase2")
     mc, gc = ctx.model_config, ctx.generation
     check_output_dir(dc.output_dir)
-    with ctx:
+    with log_file(dc.output_dir), ctx:
         questions = ctx.questions("phase2")
         print(f"[sdzero] distill {mc.model} on {ctx.task.name}: {len(questions)} Phase-2 questions, "
               f"{dc.max_steps} steps x {dc.questions_per_step} questions, teacher={dc.teacher}, "
@@ -185,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from sdzero import logs
+
+    logs.setup()
     try:
         return COMMANDS[name][0](rest)
     except SDZeroError as e:

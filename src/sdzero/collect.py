@@ -32,6 +32,7 @@ from sdzero.files import atomic_write_json, atomic_write_jsonl, read_jsonl
 from sdzero.generation import Generator, SamplingParams
 from sdzero.runfolder import KEPT_FILE
 from sdzero.tasks.base import Question, Task
+from sdzero.logs import info
 
 
 
@@ -239,7 +240,7 @@ def collect(generator: Generator, task: Task, questions: Sequence[Question], sam
         kept.extend(rows)
         for k, v in stats.items():
             totals[k] = totals.get(k, 0) + v
-        print(f"[collect] chunk {c + 1}/{n_chunks}: kept {len(rows)} (total {len(kept)})", flush=True)
+        info(f"[collect] chunk {c + 1}/{n_chunks}: kept {len(rows)} (total {len(kept)})")
     rows = kept[: cfg.max_kept] if cfg.max_kept is not None else kept
     atomic_write_jsonl(out / KEPT_FILE, rows)
     summary = {

@@ -26,6 +26,7 @@ from typing import Any
 from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import check_output_dir
 from sdzero.runfolder import read_baselines, write_baselines
+from sdzero.logs import info, log_file
 
 
 
@@ -99,22 +100,23 @@ def run_compare(mc: Any, tc: Any, gc: Any, rc: Any, run_cfg: Any, cfg: CompareCo
     seeds, methods = cfg.seed_list(), cfg.method_list()
     out = Path(run_cfg.output_dir)  # compare's root: one folder per seed, and report/
     check_output_dir(out)  # a file, /proc or a read-only place fails here, before any work
-    for seed in seeds:
-        folder = out / f"seed-{seed}"
-        print(f"[compare] seed {seed}: base / SRT / SD-Zero (sdzero run)", flush=True)
-        state = run_pipeline(mc, tc, replace(gc, seed=seed), rc, replace(run_cfg, output_dir=str(folder / "sdzero"),
-                                                                                stop_after="report"))
-        spent = state["collect"]["generations"] + state["distill"]["generations"]
-        budget = cfg.budget_generations if cfg.budget_generations is not None else spent
-        if budget < spent:
-            print(f"[compare] note: budget_generations={budget} is below SD-Zero's {spent}", flush=True)
-        with Context(mc, tc, gc, rc).with_seed(seed) as ctx:
-            train_questions = ctx.questions("phase1") + ctx.questions("phase2")
-            for method in methods:
-                run_baseline(ctx, method, folder, budget, train_questions, ctx.questions("eval"), run_cfg, cfg)
-    from sdzero.reports import write_compare_report
+    with log_file(out):
+        for seed in seeds:
+            folder = out / f"seed-{seed}"
+            info(f"[compare] seed {seed}: base / SRT / SD-Zero (sdzero run)")
+            run_cfg_seed = replace(run_cfg, output_dir=str(folder / "sdzero"), stop_after="report")
+            state = run_pipeline(mc, tc, replace(gc, seed=seed), rc, run_cfg_seed)
+            spent = state["collect"]["generations"] + state["distill"]["generations"]
+            budget = cfg.budget_generations if cfg.budget_generations is not None else spent
+            if budget < spent:
+                info(f"[compare] note: budget_generations={budget} is below SD-Zero's {spent}")
+            with Context(mc, tc, gc, rc).with_seed(seed) as ctx:
+                train_questions = ctx.questions("phase1") + ctx.questions("phase2")
+                for method in methods:
+                    run_baseline(ctx, method, folder, budget, train_questions, ctx.questions("eval"), run_cfg, cfg)
+        from sdzero.reports import write_compare_report
 
-    return write_compare_report(out, seeds, methods)
+        return write_compare_report(out, seeds, methods)
 
 
 def seeds_in(folder: Path, seeds: str | None = None) -> list[int]:
@@ -157,9 +159,9 @@ def run_baseline(ctx: Any, method: str, folder: Path, budget_generations: int, t
     seed = ctx.seed
     state = read_baselines(folder)
     if method in state:
-        print(f"[compare] seed {seed}: {method} done before, skipped", flush=True)
+        info(f"[compare] seed {seed}: {method} done before, skipped")
         return
-    print(f"[compare] seed {seed}: {method} within {budget_generations} generations", flush=True)
+    info(f"[compare] seed {seed}: {method} within {budget_generations} generations")
     budget = GenerationBudget(budget_generations)
     config = baseline_configs(cfg, run_cfg, folder)[method]
     t0 = time.perf_counter()
@@ -173,5 +175,5 @@ def run_baseline(ctx: Any, method: str, folder: Path, budget_generations: int, t
                      "budget": budget_generations, "train_seconds": round(train_s, 1),
                      "seconds": round(time.perf_counter() - t0, 1), "curve": curve}
     write_baselines(folder, state)
-    print(f"[compare] seed {seed}: {method} avg@{ec.num_samples} {metrics[f'avg@{ec.num_samples}']:.3f}, "
-          f"{budget.generations} generations", flush=True)
+    info(f"[compare] seed {seed}: {method} avg@{ec.num_samples} {metrics[f'avg@{ec.num_samples}']:.3f}, "
+          f"{budget.generations} generations")

@@ -46,6 +46,7 @@ from sdzero.files import atomic_write_json
 from sdzero.policy import (DIVERGENCES, DivergenceSpec, PolicyForward, Teacher, check_head_gives_logits, pad_batch,
                            prepare_sharded_teacher)
 from sdzero.runfolder import write_history
+from sdzero.logs import info
 
 
 @dataclass
@@ -278,7 +279,7 @@ class DistillTrainer:
                 self.teacher.module.clone_head = True
         self.out = Path(cfg.output_dir)
         self.heatmaps = Heatmaps(self.out / "selfloc", cfg.selfloc_samples, cfg.selfloc_steps, cfg.max_steps,
-                                 lambda t: self.tokenizer.decode([t]))
+                                 lambda t: self.tokenizer.decode([t]), teacher_read=phrases.phrase)
         self._vllm: Any = None
         self.history: list[dict[str, Any]] = []
         self.step = 0
@@ -406,14 +407,14 @@ class DistillTrainer:
 
     # -- the loop --
     def train(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
+        from sdzero.logs import progress
 
         cfg = self.cfg
         self.maybe_resume()
         if self.main:
             self.acc.init_trackers("sdzero-distill", config={k: v for k, v in asdict(cfg).items()
                                                              if isinstance(v, (int, float, str, bool))})
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="distill", unit="step", disable=not self.main)
+        bar = progress(cfg.max_steps, "distill", unit="step", disable=not self.main, initial=self.step)
         stop_at = cfg.max_steps if cfg.stop_after_steps is None else min(cfg.max_steps, cfg.stop_after_steps)
         while self.step < stop_at:
             metrics = self.train_step(self.step)
@@ -468,7 +469,7 @@ class DistillTrainer:
         state = json.loads((last / "trainer_state.json").read_text())
         self.step, self.history = state["step"], state["history"]
         if self.main:
-            print(f"[distill] resumed from {last} (step {self.step})", flush=True)
+            info(f"[distill] resumed from {last} (step {self.step})")
 
     def save_model(self) -> dict[str, Any]:
         from sdzero.training import save_model
@@ -504,8 +505,7 @@ def run_distill(model_name: str, task: Any, questions: Sequence[Any], cfg: Disti
     done = read_meta(Path(cfg.output_dir) / "model")
     if cfg.resume and done and done.get("distill", {}).get("max_steps") == cfg.max_steps \
             and done.get("steps") == cfg.max_steps:
-        print(f"[distill] {cfg.output_dir}/model is already trained; nothing to do (--resume false retrains)",
-              flush=True)
+        info(f"[distill] {cfg.output_dir}/model is already trained; nothing to do (--resume false retrains)")
         return done
     trainer = (trainer_class or DistillTrainer)(model_name, task, questions, cfg, sampling, phrases, system_prompt,
                                                 generation_backend, generation_batch_size, seed)

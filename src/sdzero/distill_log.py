@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from sdzero.files import atomic_write_text
-from sdzero.selfloc import answer_probe_metrics, answer_probe_row, render_html
+from sdzero.selfloc import answer_probe_metrics, answer_probe_row, page_scale, render_html
 
 
 class StepLog:
@@ -83,9 +83,12 @@ class Heatmaps:
     """Self-localization pages at the first and the last step (and every `every` steps): for up to `samples`
     responses, half right and half wrong when there are both, the per-token full-vocabulary KL."""
 
-    def __init__(self, folder: Path, samples: int, every: int, max_steps: int, decode_token: Callable[[int], str]):
+    def __init__(self, folder: Path, samples: int, every: int, max_steps: int, decode_token: Callable[[int], str],
+                 teacher_read: Callable[[float], str] | None = None):
         self.folder, self.samples, self.every, self.max_steps = folder, samples, every, max_steps
         self.decode_token = decode_token
+        self.teacher_read = teacher_read  # reward -> what the teacher read after the response (its phrase)
+        self.scale: float | None = None  # the colour scale, fixed by the first page (a resumed run: by its page)
 
     def rows_for(self, step: int, rewards: Sequence[float]) -> set[int]:
         """The responses of step `step` (0-based) that go on a page; none when the step has no page."""
@@ -108,12 +111,18 @@ class Heatmaps:
         rows, start = [], 0
         for row, pair, _ in log.heatmap:
             q = questions[row]
-            rows.append({"question_id": q.id, "question": q.prompt, "reward": log.rewards[row],
+            reward = log.rewards[row]
+            rows.append({"question_id": q.id, "question": q.prompt, "answer": q.answer, "reward": reward,
+                         "teacher_read": self.teacher_read(reward) if self.teacher_read else None,
                          "tokens": [self.decode_token(t) for t in pair.target_ids],
                          "kl": [round(x, 5) for x in kl[start : start + pair.num_tokens]]})
             start += pair.num_tokens
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.scale is None:
+            first = sorted(self.folder.glob("step-*.jsonl"))
+            self.scale = page_scale([json.loads(x) for x in first[0].read_text().splitlines()] if first else rows)
         name = f"step-{step + 1:06d}"
         atomic_write_text(self.folder / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         atomic_write_text(self.folder / f"{name}.html", render_html(rows, f"Self-localization at step {step + 1}: "
-                                                                           "per-token KL(student || teacher)"))
+                                                                           "per-token KL(student || teacher)",
+                                                                           scale=self.scale))

@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from tqdm.auto import tqdm
 
 from sdzero.errors import SDZeroError
+from sdzero.logs import progress
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ class HFGenerator(Generator):
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
-        bar = tqdm(total=len(items), desc=desc, unit="seq", disable=not self.show_progress, leave=False)
+        bar = progress(len(items), desc, unit="seq", disable=not self.show_progress, leave=False)
         try:
             if self.decode == "compact":
                 with torch.no_grad():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,6 +31,7 @@ from typing import Any, Callable, Sequence
 from sdzero.errors import SDZeroError
 from sdzero.files import atomic_write_json, check_output_dir
 from sdzero.runfolder import STAGE_OUTPUTS, STAGES, read_stages, write_stages
+from sdzero.logs import info, log_file
 
 # `sdzero run`'s own defaults for fields shared with the other commands: sized so that the whole pipeline
 # fits a laptop-class CPU (README, "The main job"). A recipe or flags override them. The 200 validation
@@ -164,8 +166,8 @@ def supersede(out: Path, state: dict[str, Any], stale: Sequence[str], changed: S
     """Move the outputs of stale stages to OUTPUT_DIR/superseded/TIME/ with the stages.json they were made
     under, so that a sweep over Phase-2 settings in one run folder keeps every point's results."""
     target = out / "superseded" / time.strftime("%Y%m%d-%H%M%S")
-    print(f"[run] settings changed ({', '.join(changed)}): re-running {', '.join(stale) or 'nothing'}"
-          + (f"; their previous outputs move to {target}" if stale else ""), flush=True)
+    info(f"[run] settings changed ({', '.join(changed)}): re-running {', '.join(stale) or 'nothing'}"
+          + (f"; their previous outputs move to {target}" if stale else ""))
     if not stale:
         return
     target.mkdir(parents=True, exist_ok=False)
@@ -239,10 +241,10 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
         nonlocal state
         if name in state:
             if processes.is_main_process:
-                print(f"[run] {name}: done before ({state[name]['seconds']:.0f} s), skipped", flush=True)
+                info(f"[run] {name}: done before ({state[name]['seconds']:.0f} s), skipped")
             return
         if processes.is_main_process:
-            print(f"[run] {name} ...", flush=True)
+            info(f"[run] {name} ...")
         t0 = time.perf_counter()
         result = fn() if name in DISTRIBUTED_STAGES or processes.is_main_process else None
         processes.wait_for_everyone()
@@ -286,7 +288,7 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
         ("eval-sdzero", evaluation(str(sdzero_model), "eval-sdzero.json")),
         ("report", lambda: write_run_report(out, state, ctx.task.name, mc.model)),
     ]
-    with ctx:
+    with log_file(out) if processes.is_main_process else nullcontext(), ctx:
         ctx.questions("phase2")  # every set exists before any work (a task too small fails here)
         for name, fn in stages:
             run_stage(name, fn)

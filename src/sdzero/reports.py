@@ -13,6 +13,7 @@ from typing import Any
 from sdzero.errors import SDZeroError
 from sdzero.files import atomic_write_json, atomic_write_text
 from sdzero.runfolder import STAGES, format_history, read_baselines, read_history, read_stages, reward_curve
+from sdzero.logs import info
 
 # the stages of `sdzero run` whose evaluations the run report shows, and their labels
 MODELS = {"base": "eval-base", "SRT": "eval-srt", "SD-Zero": "eval-sdzero"}
@@ -28,7 +29,7 @@ def _pyplot(who: str) -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print(f"[{who}] matplotlib is not installed: no plots (pip install 'sdzero[plots]')", flush=True)
+        info(f"[{who}] matplotlib is not installed: no plots (pip install 'sdzero[plots]')")
         return None
     return plt
 
@@ -58,6 +59,54 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% interval of an accuracy p measured on n questions (Wilson score; k samples per question are not
+    independent, so n counts questions: a conservative width)."""
+    if n < 1:
+        return math.nan, math.nan
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return center - half, center + half
+
+
+def verdicts(table: dict[str, dict[str, Any]], k: int) -> list[str]:
+    """Plain sentences where SD-Zero ends below SRT or the base model (avg@k), or above both."""
+    key = f"avg@{k}"
+    if "SD-Zero" not in table:
+        return []
+    sd = table["SD-Zero"][key]
+    below = [f"{name} by {(table[name][key] - sd) * 100:.1f} points" for name in ("SRT", "base")
+             if name in table and table[name][key] > sd]
+    if below:
+        return [f"SD-Zero is below {' and below '.join(below)} ({key})."]
+    return ["SD-Zero is at or above " + " and ".join(n for n in ("SRT", "base") if n in table) + f" ({key})."]
+
+
+def _smooth(values: list[float], window: int = 5) -> list[float]:
+    """Trailing moving average (the first points average what there is)."""
+    return [sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+
+
+def _accuracy_chart(table: dict[str, dict[str, Any]], k: int, folder: Path) -> Path | None:
+    """avg@k per model with its 95% interval over the questions."""
+    plt = _pyplot("run") if table else None
+    if plt is None:
+        return None
+    names = list(table)
+    acc = [table[n][f"avg@{k}"] for n in names]
+    lows, highs = zip(*(wilson_interval(a, table[n]["questions"]) for a, n in zip(acc, names)))
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.bar(names, acc, color=[f"C{i}" for i in range(len(names))], alpha=0.8)
+    ax.errorbar(names, acc, yerr=[[a - lo for a, lo in zip(acc, lows)], [hi - a for a, hi in zip(acc, highs)]],
+                fmt="none", ecolor="black", capsize=4)
+    ax.set(ylabel=f"avg@{k} (95% interval over {table[names[0]]['questions']} questions)", ylim=(0, 1))
+    fig.tight_layout()
+    path = folder / "accuracy.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_run_report(out: Path, state: dict[str, Any], task_name: str, model_name: str) -> dict[str, Any]:
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -78,10 +127,11 @@ def write_run_report(out: Path, state: dict[str, Any], task_name: str, model_nam
                          f"{s['seconds'] / 60:.1f} min |")
     total = sum(s["seconds"] for n, s in state.items() if n in STAGES and n != "report")
     lines += ["", f"Total wall time (stages above): {total / 60:.1f} min.", ""]
+    lines += [f"**{v}**" for v in verdicts(table, k)] + [""]
     hist = read_history(out / "distill")
     if hist:
         lines += ["```", format_history(hist), "```", ""]
-    plots = _plots(hist, report)
+    plots = [p for p in (_accuracy_chart(table, k, report),) if p] + _plots(hist, report)
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     heatmaps = sorted((out / "distill" / "selfloc").glob("step-*.html")) if (out / "distill").is_dir() else []
     if heatmaps:
@@ -91,32 +141,40 @@ def write_run_report(out: Path, state: dict[str, Any], task_name: str, model_nam
                   f"selfloc-{heatmaps[-1].name} (last)."]
     atomic_write_text(report / "results.md", "\n".join(lines) + "\n")
     atomic_write_json(report / "results.json", {"models": table, "stages": state})
-    print("\n".join(lines[:len(ROWS) + 6]))
+    info("\n".join(lines[:len(ROWS) + 6] + [f"  {v}" for v in verdicts(table, k)]))
     return {"generations": 0, "sampled_tokens": 0}
 
 
 def _plots(hist: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """Phase-2 curves vs step: reward and response length; KL on correct vs wrong responses."""
-    if not hist:
-        return []
-    plt = _pyplot("run")
+    """Phase-2 curves against the step, raw points faint and a 5-step moving average over them: reward and
+    response length; the training divergence (the loss) on correct and on wrong responses."""
+    plt = _pyplot("run") if hist else None
     if plt is None:
         return []
-    steps = [h["step"] for h in hist]
+    from matplotlib.ticker import MaxNLocator
+
+    def curve(ax: Any, points: list[tuple[int, float]], color: str, label: str | None = None) -> None:
+        xs, ys = [x for x, _ in points], [y for _, y in points]
+        ax.plot(xs, ys, ".", color=color, alpha=0.35)
+        ax.plot(xs, _smooth(ys), "-", color=color, label=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("Phase-2 step")
+
     made = []
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax[0].plot(steps, [h["reward"] for h in hist], marker=".")
-    ax[0].set(xlabel="Phase-2 step", ylabel="reward (accuracy on the step's questions)", ylim=(0, 1))
-    ax[1].plot(steps, [h["response_length"] for h in hist], marker=".", color="C1")
-    ax[1].set(xlabel="Phase-2 step", ylabel="mean response tokens")
+    curve(ax[0], [(h["step"], h["reward"]) for h in hist], "C0")
+    ax[0].set(ylabel="reward (accuracy on the step's questions)", ylim=(0, 1))
+    curve(ax[1], [(h["step"], h["response_length"]) for h in hist], "C1")
+    ax[1].set(ylabel="mean response tokens")
     fig.tight_layout()
     made.append(folder / "phase2-reward-length.png")
     fig.savefig(made[-1], dpi=100)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for key, label in (("kl_correct", "correct responses"), ("kl_wrong", "wrong responses")):
-        pts = [(h["step"], h[key]) for h in hist if h.get(key) is not None]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
-    ax.set(xlabel="Phase-2 step", ylabel="mean per-token divergence")
+    for key, label, color in (("kl_correct", "correct responses", "C2"), ("kl_wrong", "wrong responses", "C3")):
+        points = [(h["step"], h[key]) for h in hist if h.get(key) is not None]
+        if points:
+            curve(ax, points, color, label)
+    ax.set(ylabel="training divergence per token\n(the Phase-2 loss)")
     ax.legend()
     fig.tight_layout()
     made.append(folder / "phase2-kl.png")
@@ -210,6 +268,10 @@ def write_compare_report(out: Path, seeds: list[int], methods: list[str]) -> dic
         for method in [m for m in ROW_ORDER if m in summary and m != "sdzero"]:
             diff = summary["sdzero"][f"avg@{k}"]["mean"] - summary[method][f"avg@{k}"]["mean"]
             lines.append(f"- {LABELS[method]}: {diff * 100:+.1f}")
+        behind = [f"{LABELS[m]} by {-d * 100:.1f} points" for m in ("srt", "base") if m in summary
+                  for d in [summary["sdzero"][f"avg@{k}"]["mean"] - summary[m][f"avg@{k}"]["mean"]] if d < 0]
+        if behind:
+            lines += ["", f"**SD-Zero is below {' and below '.join(behind)} (held-out avg@{k}, mean over seeds).**"]
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     plot = _curves(rows, k, report)
@@ -217,8 +279,12 @@ def write_compare_report(out: Path, seeds: list[int], methods: list[str]) -> dic
         lines += ["", f"![accuracy vs generations]({plot.name})"]
     atomic_write_text(report / "results.md", "\n".join(lines) + "\n")
     atomic_write_json(report / "results.json", {"methods": summary, "per_seed": rows})
-    print("\n".join(lines))
+    info("\n".join(lines))
     return summary
+
+
+# Student t quantile (0.975) for 1, 2, ... 9 degrees of freedom, then the normal's; index = seeds - 1
+T95 = (math.nan, 12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 1.96)
 
 
 def _curves(rows: dict[str, Any], k: int, folder: Path) -> Path | None:
@@ -232,15 +298,16 @@ def _curves(rows: dict[str, Any], k: int, folder: Path) -> Path | None:
         seeds = rows[method]["seeds"].values()
         x = mean_std([v["train_generations"] for v in seeds])[0]
         y, s = mean_std([v[f"avg@{k}"] for v in seeds])
-        ax[0].errorbar([x], [y], yerr=[0 if math.isnan(s) else s], fmt="o", capsize=3, color=f"C{i}",
-                       label=LABELS[method])
+        half = 0.0 if math.isnan(s) else T95[min(len(seeds), len(T95)) - 1] * s / math.sqrt(len(seeds))
+        ax[0].errorbar([x], [y], yerr=[half], fmt="o", capsize=3, color=f"C{i}", label=LABELS[method])
         curves = [v["curve"] for v in seeds if v.get("curve")]
         if curves:
             n = min(len(c) for c in curves)
             ax[1].plot([curves[0][j]["generations"] for j in range(n)],
                        [sum(c[j]["train_accuracy"] for c in curves) / len(curves) for j in range(n)],
                        marker=".", color=f"C{i}", label=LABELS[method])
-    ax[0].set(xlabel="training generations", ylabel=f"held-out avg@{k}", title="held-out accuracy vs budget")
+    ax[0].set(xlabel="training generations", ylabel=f"held-out avg@{k} (bars: 95% interval over seeds)",
+              title="held-out accuracy vs budget")
     ax[0].legend(fontsize=8)
     ax[1].set(xlabel="training generations", ylabel="accuracy of its own training samples",
               title="training-sample accuracy")

@@ -44,24 +44,43 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def page_scale(rows: Sequence[dict[str, Any]]) -> float:
+    """The KL drawn as full red: the 98th percentile of the page's token values (one bright token does not
+    wash out the rest). A run's pages share the first page's scale, so they compare by eye."""
+    values = sorted(v for r in rows for v in r["kl"])
+    return (values[min(len(values) - 1, int(0.98 * len(values)))] if values else 0.0) or 1.0
+
+
 def _response_html(row: dict[str, Any], scale: float) -> str:
     spans = []
     for tok, v in zip(row["tokens"], row["kl"]):
-        a = min(1.0, max(0.0, v) / scale) if scale > 0 else 0.0
+        a = min(1.0, max(0.0, v) / scale)
         text = html.escape(tok).replace("\n", "&#8629;<br>")
-        spans.append(f'<span title="KL {v:.4f}" style="background: rgba(220, 40, 30, {a:.3f})">{text}</span>')
-    verdict = "correct" if row["reward"] >= 1.0 else "wrong"
+        value = f'<sub>{v:.2f}</sub>' if a >= 0.25 else ""  # the value of every visibly coloured token, on the page
+        spans.append(f'<span title="KL {v:.4f}" style="background: rgba(220, 40, 30, {a:.3f})">{text}{value}</span>')
+    right = row["reward"] >= 1.0
     conc = concentration(row["kl"])
-    return (f'<div class="resp"><div class="meta">{verdict} &middot; {len(row["kl"])} tokens &middot; '
-            f'mean KL {sum(row["kl"]) / max(1, len(row["kl"])):.4f} &middot; top-10% share {conc:.2f}</div>'
-            f'<div class="q">{html.escape(row["question"])}</div><div class="y">{"".join(spans)}</div></div>')
+    gold = "" if right or row.get("answer") in (None, "") else \
+        f' &middot; gold answer: <b>{html.escape(str(row["answer"]))}</b>'
+    read = f'<div class="meta">the teacher read: &laquo;{html.escape(row["teacher_read"])}&raquo;</div>' \
+        if row.get("teacher_read") else ""
+    return (f'<div class="resp"><div class="meta">{"correct" if right else "wrong"}{gold} &middot; {len(row["kl"])} '
+            f'tokens &middot; mean KL {sum(row["kl"]) / max(1, len(row["kl"])):.4f} &middot; top-10% share '
+            f'{conc:.2f}</div>{read}<div class="q">{html.escape(row["question"])}</div>'
+            f'<div class="y">{"".join(spans)}</div></div>')
 
 
-def render_html(rows: Sequence[dict[str, Any]], title: str) -> str:
-    """One self-contained page: correct responses on the left, wrong on the right; darker = larger KL
-    (one colour scale for the page: the 98th percentile of all token values is full red)."""
-    values = sorted(v for r in rows for v in r["kl"])
-    scale = values[min(len(values) - 1, int(0.98 * len(values)))] if values else 1.0
+def _legend(scale: float) -> str:
+    return (f'<div class="legend">per-token KL(student &#8214; teacher), full vocabulary: <span class="bar"></span> '
+            f'0 &rarr; {scale:.3g} and above (the same scale on every page of this run; values shown under '
+            f'tokens from {0.25 * scale:.3g})</div>')
+
+
+def render_html(rows: Sequence[dict[str, Any]], title: str, scale: float | None = None) -> str:
+    """One self-contained page: correct responses on the left, wrong on the right (with the gold answer);
+    darker = larger KL on one colour scale (`scale`, default `page_scale(rows)`), with its legend. A row may
+    say what the teacher read after the response (`teacher_read`: the control phrase)."""
+    scale = scale if scale is not None and scale > 0 else page_scale(rows)
     cols = []
     for label, want in (("Correct responses", True), ("Wrong responses", False)):
         body = "".join(_response_html(r, scale) for r in rows if (r["reward"] >= 1.0) == want) or "<p>none</p>"
@@ -73,9 +92,12 @@ def render_html(rows: Sequence[dict[str, Any]], title: str) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
 body {{ font-family: sans-serif; margin: 1.5em; }} .cols {{ display: flex; gap: 2em; }} .col {{ flex: 1; }}
 .resp {{ border: 1px solid #ccc; padding: .6em; margin-bottom: 1em; }} .meta {{ color: #555; font-size: 85%; }}
-.q {{ font-style: italic; margin: .3em 0; }} .y {{ font-family: monospace; white-space: pre-wrap; }}
-</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(summary)}. Hover a token for its value.</p>
-<div class="cols">{"".join(cols)}</div></body></html>
+.q {{ font-style: italic; margin: .3em 0; }} .y {{ font-family: monospace; white-space: pre-wrap; line-height: 1.9; }}
+sub {{ font-size: 60%; color: #333; }} .legend {{ margin: .5em 0 1em; }}
+.bar {{ display: inline-block; width: 12em; height: .9em; vertical-align: middle;
+        background: linear-gradient(to right, rgba(220, 40, 30, 0), rgba(220, 40, 30, 1)); border: 1px solid #ccc; }}
+</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(summary)}. Hover a token for its exact value.</p>
+{_legend(scale)}<div class="cols">{"".join(cols)}</div></body></html>
 """
 
 

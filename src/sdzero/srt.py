@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from sdzero.errors import SDZeroError
 from sdzero.training import SFTConfig, sft_record
+from sdzero.logs import info
 
 
 @dataclass
@@ -138,7 +139,7 @@ def run_srt(model_name: str, cfg: SRTConfig) -> dict[str, Any]:
     cfg.validate()
     done = read_meta(Path(cfg.output_dir) / "model")
     if cfg.resume and done and "srt" in done:
-        print(f"[srt] {cfg.output_dir}/model is already trained; nothing to do (--resume false retrains)", flush=True)
+        info(f"[srt] {cfg.output_dir}/model is already trained; nothing to do (--resume false retrains)")
         return done
     rows, data_meta = load_kept(cfg.data_dir)
     phrases = ControlPhrases.from_dict(data_meta.get("control_phrases"))  # the phrases the revisions saw

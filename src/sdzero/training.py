@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import atomic_write_json, make_temp_dir
+from sdzero.logs import info, interactive
 
 IGNORE = -100  # the label of a position that is not supervised
 
@@ -255,7 +256,7 @@ def train_records(model: Any, records: list[dict], cfg: SFTConfig, pad_id: int, 
         max_grad_norm=cfg.max_grad_norm, bf16=use_bf16(cfg.precision), use_cpu=not torch.cuda.is_available(),
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed,
         data_seed=cfg.seed, report_to=[] if cfg.report_to == "none" else cfg.report_to.split(","),
-        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False, **checkpointing,
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=not interactive(), **checkpointing,
     )
     packed = {"data_collator": PackCollator(), "compute_loss_func": supervised_nll} if cfg.padding_free else \
         {"data_collator": PadCollator(pad_id)}
@@ -263,7 +264,7 @@ def train_records(model: Any, records: list[dict], cfg: SFTConfig, pad_id: int, 
                       **packed)
     last = get_last_checkpoint(str(ckpt_dir)) if cfg.resume else None
     if last:
-        print(f"[{stage}] resuming from {last}", flush=True)
+        info(f"[{stage}] resuming from {last}")
     trainer.train(resume_from_checkpoint=last)
     return trainer.state.log_history
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sdzero.errors import SDZeroError
+from sdzero.logs import info, interactive
 
 
 @dataclass
@@ -229,7 +230,7 @@ def run_grpo(model_name: str, task: Any, questions: Sequence[Any], cfg: GRPOBase
         mask_truncated_completions=cfg.mask_truncated_completions, bf16=use_bf16(cfg.precision),
         gradient_checkpointing=False, use_cpu=not torch.cuda.is_available(), logging_steps=1,
         save_steps=cfg.save_steps, save_total_limit=2, report_to=[], seed=seed, data_seed=seed,
-        disable_tqdm=False,
+        disable_tqdm=not interactive(),
     )
     tok = load_tokenizer(model_name)
     model = load_model_to_train(model_name)
@@ -245,7 +246,7 @@ def run_grpo(model_name: str, task: Any, questions: Sequence[Any], cfg: GRPOBase
         spent = json.loads(_budget_file(last, PartialState().process_index).read_text())
         budget.charge(spent["generations"], spent["sampled_tokens"], "grpo (before the checkpoint)")
         if trainer.accelerator.is_main_process:
-            print(f"[grpo] resumed from {last}", flush=True)
+            info(f"[grpo] resumed from {last}")
     trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
     history = [h for h in trainer.state.log_history if "reward" in h]
     summary = {

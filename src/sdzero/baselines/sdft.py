@@ -56,6 +56,7 @@ class SDFTTrainer(DistillTrainer):
             raise SDZeroError("SDFTTrainer needs an SDFTConfig")
         self.teacher_prompt_ids = [chat_prompt_ids(self.tokenizer, teacher_message(q, self.cfg), self.system_prompt)
                                    for q in self.questions]
+        self.heatmaps.teacher_read = lambda reward: "the question with a demonstration, before the response"
 
     def make_pair(self, i: int, completion: Any, reward: float) -> Any:
         from sdzero.alignment import build_context_pair
