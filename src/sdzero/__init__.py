@@ -12,7 +12,7 @@ from sdzero.errors import SDZeroError  # noqa: E402
 
 # Imported on first use, so that `import sdzero` (and the CLI's start) does not load torch.
 _LAZY = {
-    "SRTConfig": "sdzero.srt", "SRTTrainer": "sdzero.srt",
+    "SRTConfig": "sdzero.srt", "SRTTrainer": "sdzero.phase1",
     "DistillConfig": "sdzero.distill", "DistillTrainer": "sdzero.distill",
     "CollectConfig": "sdzero.collect", "SamplingParams": "sdzero.generation",
     "Question": "sdzero.tasks.base", "Task": "sdzero.tasks.base", "FunctionTask": "sdzero.tasks.user",

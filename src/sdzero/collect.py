@@ -30,9 +30,9 @@ from sdzero.chat import ControlPhrases, build_prompts, reviser_context_ids
 from sdzero.errors import SDZeroError
 from sdzero.files import atomic_write_json, atomic_write_jsonl, read_jsonl
 from sdzero.generation import Generator, SamplingParams
+from sdzero.logs import info
 from sdzero.runfolder import KEPT_FILE
 from sdzero.tasks.base import Question, Task
-from sdzero.logs import info
 
 
 

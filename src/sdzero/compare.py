@@ -25,8 +25,8 @@ from typing import Any
 
 from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import check_output_dir
-from sdzero.runfolder import read_baselines, write_baselines
 from sdzero.logs import info, log_file
+from sdzero.runfolder import read_baselines, write_baselines
 
 
 

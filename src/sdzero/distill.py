@@ -45,8 +45,8 @@ from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import atomic_write_json
 from sdzero.policy import (DIVERGENCES, DivergenceSpec, PolicyForward, Teacher, check_head_gives_logits, pad_batch,
                            prepare_sharded_teacher)
-from sdzero.runfolder import write_history
 from sdzero.logs import info
+from sdzero.runfolder import write_history
 
 
 @dataclass

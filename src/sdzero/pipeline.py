@@ -30,8 +30,8 @@ from typing import Any, Callable, Sequence
 
 from sdzero.errors import SDZeroError
 from sdzero.files import atomic_write_json, check_output_dir
-from sdzero.runfolder import STAGE_OUTPUTS, STAGES, read_stages, write_stages
 from sdzero.logs import info, log_file
+from sdzero.runfolder import STAGE_OUTPUTS, STAGES, read_stages, write_stages
 
 # `sdzero run`'s own defaults for fields shared with the other commands: sized so that the whole pipeline
 # fits a laptop-class CPU (README, "The main job"). A recipe or flags override them. The 200 validation

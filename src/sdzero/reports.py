@@ -12,8 +12,8 @@ from typing import Any
 
 from sdzero.errors import SDZeroError
 from sdzero.files import atomic_write_json, atomic_write_text
-from sdzero.runfolder import STAGES, format_history, read_baselines, read_history, read_stages, reward_curve
 from sdzero.logs import info
+from sdzero.runfolder import STAGES, format_history, read_baselines, read_history, read_stages, reward_curve
 
 # the stages of `sdzero run` whose evaluations the run report shows, and their labels
 MODELS = {"base": "eval-base", "SRT": "eval-srt", "SD-Zero": "eval-sdzero"}

@@ -13,7 +13,8 @@ import yaml
 from sdzero.config import TaskConfig
 from sdzero.errors import SDZeroError
 from sdzero.tasks.base import Question, Task
-from sdzero.tasks.math import FILE_FORMATS, MathTask
+from sdzero.tasks.data import FILE_FORMATS
+from sdzero.tasks.math import MathTask
 from sdzero.tasks.reasoning_gym import ReasoningGymTask
 
 TaskFactory = Callable[[str, TaskConfig], Task]

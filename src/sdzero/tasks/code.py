@@ -83,7 +83,7 @@ class CodeTask(Task):
         elif kind in ("mbpp", "stdio"):
             if not source:
                 raise SDZeroError(f"code:{kind} needs a dataset: code:{kind}:HUB_NAME_OR_FILE")
-            from sdzero.tasks.math import load_rows
+            from sdzero.tasks.data import load_rows
 
             self.rows = list(load_rows(source, dataset_config, dataset_split))
             if not self.rows:
