@@ -48,8 +48,10 @@ def test_datasets_of_strings_dicts_and_hf_datasets_become_questions():
 
     from sdzero.tasks.user import as_questions, as_task
 
-    qs = as_questions(["What is 1+1?"])
-    assert qs[0].prompt == "What is 1+1?" and qs[0].id == "q0"
+    qs = as_questions(["What is 1+1?", "What is 2+2?"])
+    assert qs[0].prompt == "What is 1+1?" and qs[0].id.startswith("q-")
+    # ids without an id column come from the prompt, so resumed work cannot mix two datasets up
+    assert qs[0].id == as_questions(["x", "What is 1+1?"])[1].id and qs[0].id != qs[1].id
     rows = [{"problem": "2+2?", "answer": 4, "id": "a"}, {"problem": "3+3?", "answer": 6, "id": "b"}]
     for data in (rows, Dataset.from_list(rows)):
         qs = as_questions(data)
@@ -64,6 +66,19 @@ def test_datasets_of_strings_dicts_and_hf_datasets_become_questions():
     assert task.rewards([(q, trace), (q, "3")]) == [1.0, 0.0]
     with pytest.raises(SDZeroError, match="reward_funcs must be"):
         as_task(42)
+
+
+def test_trainers_take_a_model_path(tiny_model_dir, tmp_path):
+    """A pathlib.Path names a model as a string does."""
+    from sdzero import DistillConfig, DistillTrainer, SamplingParams
+
+    trainer = DistillTrainer(Path(tiny_model_dir), lambda q, r: 1.0, ["a", "b"],
+                             DistillConfig(output_dir=str(tmp_path / "d"), max_steps=1, questions_per_step=2,
+                                           precision="fp32", selfloc_samples=0),
+                             sampling=SamplingParams(max_new_tokens=4, temperature=1.0))
+    assert trainer.train()["finished"]
+    trainer.save_model()
+    assert json.loads((tmp_path / "d" / "model" / "sdzero.json").read_text())["base_model"] == str(tiny_model_dir)
 
 
 def test_trainers_take_a_model_object(tiny_model_dir, tmp_path):

@@ -13,7 +13,11 @@ def test_progress_writes_plain_lines_when_stderr_is_not_a_terminal(capsys):
     bar.close()
     err = capsys.readouterr().err
     assert "\r" not in err
-    assert "drafts: 3/3 seq" in err  # the last update always writes its line
+    assert err.count("drafts: 3/3 seq") == 1  # the last update always writes its line, once
+    bar = logs.progress(10, "steps", unit="step")
+    bar.update(4)
+    bar.close()  # stopped early: closing says where
+    assert "steps: 4/10 step" in capsys.readouterr().err
 
 
 def test_messages_go_to_stdout_and_the_run_folders_log_file(tmp_path, capsys):

@@ -73,6 +73,9 @@ def test_which_stages_a_setting_change_makes_stale():
     assert stages_changed_by(["collect_drafts_per_question"])[0] == "collect"
     assert stages_changed_by(["eval_num_samples"]) == ["eval-base", "eval-srt", "eval-sdzero", "report"]
     assert stages_changed_by(["distill_max_steps", "temperature"]) is None  # a shared setting: every stage
+    # logging, checkpointing and memory settings change how a stage runs, not what it makes: nothing redone
+    assert stages_changed_by(["report_to", "srt_logging_steps", "distill_save_steps",
+                              "srt_gradient_checkpointing", "gradient_checkpointing"]) == []
 
 
 def test_run_exposes_every_stage_field_and_the_shared_training_flags(tmp_path):

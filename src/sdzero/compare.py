@@ -105,7 +105,8 @@ def run_compare(mc: Any, tc: Any, gc: Any, rc: Any, run_cfg: Any, cfg: CompareCo
             folder = out / f"seed-{seed}"
             info(f"[compare] seed {seed}: base / SRT / SD-Zero (sdzero run)")
             run_cfg_seed = replace(run_cfg, output_dir=str(folder / "sdzero"), stop_after="report")
-            state = run_pipeline(mc, tc, replace(gc, seed=seed), rc, run_cfg_seed)
+            # A changed setting is refused: the baselines already run for this seed were matched to this run.
+            state = run_pipeline(mc, tc, replace(gc, seed=seed), rc, run_cfg_seed, rerun_stale=False)
             spent = state["collect"]["generations"] + state["distill"]["generations"]
             budget = cfg.budget_generations if cfg.budget_generations is not None else spent
             if budget < spent:

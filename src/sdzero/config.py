@@ -177,7 +177,7 @@ def check_settings(*configs: Any) -> None:
     for cfg in configs:
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)
-            if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and f.name != "max_grad_norm")):
+            if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and not f.name.endswith("max_grad_norm"))):
                 raise SDZeroError(f"--{f.name} must be a finite number, not {value}")
             if f.name.endswith("learning_rate") and isinstance(value, (int, float)) and value < 0:
                 raise SDZeroError(f"--{f.name} must be 0 or more, not {value}")

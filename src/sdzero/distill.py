@@ -140,6 +140,9 @@ class DistillConfig:
             raise SDZeroError(f"skip_first_tokens must be 0 or more, not {self.skip_first_tokens}")
         if not 0.0 <= self.beta <= 1.0:
             raise SDZeroError(f"beta must be in [0, 1], not {self.beta}")
+        from sdzero.training import trackers
+
+        trackers(self.report_to)  # unknown or not installed: now, not when training starts
         if self.questions_per_step % num_processes:
             raise SDZeroError(f"questions_per_step={self.questions_per_step} does not split over {num_processes} "
                               "processes; make it a multiple")
@@ -180,7 +183,7 @@ class DistillTrainer:
     `model`: a hub name, a local path (an SRT model folder: its control phrases are used) or a model object
     (trained in place; pass its tokenizer as `processing_class`). `reward_funcs`: a function (question,
     response) -> float or a `Task`. `train_dataset`: a list or `datasets.Dataset` of strings, dicts or
-    Questions (`sdzero.tasks.user`). `sampling` defaults to SamplingParams() (T=0.7, 128 new tokens).
+    Questions (`sdzero.tasks.user`). `sampling` defaults to the commands' (GenerationConfig: T=0.7).
     """
 
     def __init__(self, model: Any, reward_funcs: Any, train_dataset: Any, args: DistillConfig | None = None,
@@ -193,7 +196,7 @@ class DistillTrainer:
 
         from sdzero.chat import ControlPhrases, build_prompts, turn_end_id
         from sdzero.config import read_meta
-        from sdzero.generation import SamplingParams
+        from sdzero.context import Context
         from sdzero.models import load_tokenizer
         from sdzero.tasks.user import as_questions, as_task
         from sdzero.training import apply_lora, disable_dropout, load_model_to_train, make_adamw, trackers, use_bf16
@@ -205,7 +208,7 @@ class DistillTrainer:
         if isinstance(train_dataset, Sequence) and not train_dataset:
             raise SDZeroError("Phase 2 has no questions: set --phase2_size")
         task, questions = as_task(reward_funcs), as_questions(train_dataset)
-        sampling = sampling if sampling is not None else SamplingParams()
+        sampling = sampling if sampling is not None else Context().sampling()  # the commands' defaults
         if phrases is None:  # an SRT model's own phrases (its sdzero.json), else the paper's
             phrases = ControlPhrases.from_dict((read_meta(str(model)) or {}).get("control_phrases")) if by_name \
                 else ControlPhrases()
@@ -468,6 +471,7 @@ class DistillTrainer:
         self.teacher.load_state_dict(torch.load(last / "teacher.pt", weights_only=False))
         state = json.loads((last / "trainer_state.json").read_text())
         self.step, self.history = state["step"], state["history"]
+        self.heatmaps.resume()
         if self.main:
             info(f"[distill] resumed from {last} (step {self.step})")
 

@@ -101,6 +101,12 @@ class Heatmaps:
         take_r = min(len(right), self.samples - take_w)
         return set(right[:take_r] + wrong[:take_w])
 
+    def resume(self) -> None:
+        """A resumed run keeps the colour scale of its first page."""
+        first = sorted(self.folder.glob("step-*.jsonl"))
+        if first:
+            self.scale = page_scale([json.loads(x) for x in first[0].read_text().splitlines()])
+
     def write(self, step: int, log: StepLog, kl_of: Callable[[list[Any], Any, Any], list[float]],
               questions: Sequence[Any]) -> None:
         """kl_of(pairs, teacher hidden rows, teacher head): the per-token KL of those responses, in order."""
@@ -119,8 +125,7 @@ class Heatmaps:
             start += pair.num_tokens
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.scale is None:
-            first = sorted(self.folder.glob("step-*.jsonl"))
-            self.scale = page_scale([json.loads(x) for x in first[0].read_text().splitlines()] if first else rows)
+            self.scale = page_scale(rows)
         name = f"step-{step + 1:06d}"
         atomic_write_text(self.folder / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         atomic_write_text(self.folder / f"{name}.html", render_html(rows, f"Self-localization at step {step + 1}: "

@@ -69,9 +69,10 @@ def setup() -> None:
 @contextmanager
 def log_file(output_dir: str | Path) -> Iterator[Path]:
     """While inside: sdzero's messages also go to OUTPUT_DIR/sdzero.log (appended, time-stamped). Nested
-    folders (a compare seed's run inside the compare folder) each get the messages of their part."""
+    folders (a compare seed's run inside the compare folder) each get the messages of their part. Under
+    `accelerate launch` only the main process writes the file."""
     path = (Path(output_dir) / "sdzero.log").resolve()
-    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in LOGGER.handlers):
+    if not _main_process() or any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in LOGGER.handlers):
         yield path  # already logging there
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +84,12 @@ def log_file(output_dir: str | Path) -> Iterator[Path]:
     finally:
         LOGGER.removeHandler(handler)
         handler.close()
+
+
+def _main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"  # set by `accelerate launch` / torchrun for each process
 
 
 def info(message: str) -> None:
@@ -102,7 +109,7 @@ class _LineProgress:
     def __init__(self, total: int | None, desc: str, unit: str, initial: int = 0, every: float = 30.0):
         self.total, self.desc, self.unit, self.n, self.every = total, desc, unit, initial, every
         self.start = self.last = time.monotonic()
-        self.postfix = ""
+        self.postfix, self.written = "", initial
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -115,13 +122,15 @@ class _LineProgress:
         self.postfix = ", ".join(f"{k}={v}" for k, v in kw.items())
 
     def _write(self) -> None:
+        self.written = self.n
         of = f"/{self.total}" if self.total is not None else ""
         rest = f" [{self.postfix}]" if self.postfix else ""
         print(f"{self.desc}: {self.n}{of} {self.unit} in {time.monotonic() - self.start:.0f} s{rest}",
               file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        pass
+        if self.n != self.written:  # where it stopped, unless the last line already said it
+            self._write()
 
 
 def progress(total: int | None, desc: str, unit: str = "it", disable: bool = False, initial: int = 0,

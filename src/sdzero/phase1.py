@@ -33,7 +33,7 @@ class SRTTrainer:
 
         from sdzero.chat import ControlPhrases
         from sdzero.collect import CollectConfig
-        from sdzero.generation import SamplingParams
+        from sdzero.context import Context
         from sdzero.models import load_tokenizer
         from sdzero.tasks.user import as_questions, as_task
 
@@ -44,8 +44,8 @@ class SRTTrainer:
         self.task, self.questions = as_task(reward_funcs), as_questions(train_dataset)
         if processing_class is None and not isinstance(model, (str, Path)):
             raise SDZeroError("a model object needs its tokenizer: pass processing_class=tokenizer")
-        self.tokenizer = processing_class if processing_class is not None else load_tokenizer(model)
-        self.model, self.sampling = model, sampling or SamplingParams()
+        self.tokenizer = processing_class if processing_class is not None else load_tokenizer(str(model))
+        self.model, self.sampling = model, sampling or Context().sampling()  # the commands' defaults
         self.phrases = phrases or ControlPhrases()
         self.system_prompt, self.seed = system_prompt, seed
         self.summary: dict[str, Any] = {}

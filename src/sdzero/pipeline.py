@@ -70,6 +70,8 @@ SHARED_TRAINING = {"use_lora": (False, "Train LoRA adapters in SRT and Phase 2 (
                    "report_to": ("none", "Trackers for SRT and Phase 2: none, or a comma list of tensorboard, "
                                          "trackio, wandb.")}
 EVALUATION_FIELDS = ("eval_split", "eval_num_samples", "eval_revise")
+# Settings that change how a stage runs or logs, not what it produces: a change redoes nothing.
+BOOKKEEPING_FIELDS = ("report_to", "gradient_checkpointing", "logging_steps", "save_steps", "save_total_limit")
 
 
 def _stage_config_class(stage: str) -> type:
@@ -147,11 +149,15 @@ def stage_configs(cfg: Any, seed: int = 0) -> dict[str, Any]:
 
 def stages_changed_by(keys: Sequence[str]) -> list[str] | None:
     """The stages a change of these RunConfig settings makes stale (the first training stage touched and every
-    stage after it; evaluations alone for evaluation settings), or None when a shared setting (model, task,
-    generation, phrases) changed, which every stage depends on."""
+    stage after it; evaluations alone for evaluation settings; none for logging, checkpointing and memory
+    settings), or None when a shared setting (model, task, generation, phrases) changed, which every stage
+    depends on."""
     stage_of = {flag: stage for flag, stage, _ in stage_flags()}
+    field_of = {flag: name for flag, _, name in stage_flags()}
     stale: set[str] = set()
     for key in keys:
+        if field_of.get(key, key) in BOOKKEEPING_FIELDS:
+            continue
         if key in EVALUATION_FIELDS:
             stale |= {"eval-base", "eval-srt", "eval-sdzero", "report"}
         elif key in stage_of or key in SHARED_TRAINING:
@@ -193,7 +199,9 @@ def _processes() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str, Any]:
+def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig, rerun_stale: bool = True) -> dict[str, Any]:
+    """Run the stages in order, skipping finished ones. A changed stage setting redoes that stage and the later
+    ones (`rerun_stale`; else it is refused, as `sdzero compare` wants: its baselines were matched to the run)."""
     from sdzero.collect import collect
     from sdzero.context import Context
     from sdzero.distill import run_distill
@@ -220,22 +228,23 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
     if stored != settings:
         changed = sorted(k for k in set(settings) | set(stored) if stored.get(k) != settings.get(k))
         found = stages_changed_by(changed)
-        if found is None:
-            raise SDZeroError(f"{out} holds a run made with other settings ({', '.join(changed)}), which every stage "
-                              "depends on. Use another --output_dir, or delete this one")
+        if found is None or (found and not rerun_stale):
+            raise SDZeroError(f"{out} holds a run made with other settings ({', '.join(changed)})"
+                              + (", which every stage depends on" if found is None else "")
+                              + ". Use another --output_dir, or delete this one")
         stale = [s for s in found if s in state or (out / STAGE_OUTPUTS[s]).exists()]
     ctx = Context(mc, tc, gc, rc)
     srt_model, sdzero_model = out / "srt" / "model", out / "distill" / "model"
     processes = _processes()
-    if stored != settings:  # only stage settings changed: redo the stages they touch, keep the rest
+    configs["distill"].validate(processes.num_processes)  # e.g. questions_per_step vs processes: now, not hours later
+
+    def redo_stale() -> dict[str, Any]:
+        """Only stage settings changed: move the stale stages' outputs aside, keep the rest."""
         if processes.is_main_process:
             supersede(out, state, stale, changed)
-            state = {k: v for k, v in state.items() if k not in stale}
-            state["settings"] = settings
-            write_stages(out, state)
+            write_stages(out, {**{k: v for k, v in state.items() if k not in stale}, "settings": settings})
         processes.wait_for_everyone()
-        state = read_stages(out)
-    configs["distill"].validate(processes.num_processes)  # e.g. questions_per_step vs processes: now, not hours later
+        return read_stages(out)
 
     def run_stage(name: str, fn: Callable[[], dict[str, Any]]) -> None:
         nonlocal state
@@ -289,6 +298,8 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig) -> dict[str
         ("report", lambda: write_run_report(out, state, ctx.task.name, mc.model)),
     ]
     with log_file(out) if processes.is_main_process else nullcontext(), ctx:
+        if stored != settings:
+            state = redo_stale()
         ctx.questions("phase2")  # every set exists before any work (a task too small fails here)
         for name, fn in stages:
             run_stage(name, fn)

@@ -119,7 +119,7 @@ def train_srt(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], phrase
         lm = lm.merge_and_unload()
     summary = {
         "control_phrases": phrases.to_dict(),
-        "base_model": model if isinstance(model, (str, Path)) else getattr(lm.config, "_name_or_path", ""),
+        "base_model": str(model) if isinstance(model, (str, Path)) else getattr(lm.config, "_name_or_path", ""),
         "srt": asdict(cfg),
         "tuples": len(rows), "revision_records": len(rev), "generation_records": len(gen),
         "dropped_for_length": dropped, "seconds": round(time.perf_counter() - t0, 1),

@@ -50,7 +50,7 @@ def load_model_to_train(model: Any) -> Any:
     as it is; the KV cache off (training never uses it)."""
     from sdzero.models import load_model
 
-    lm = load_model(model, dtype="fp32") if isinstance(model, (str, Path)) else model
+    lm = load_model(str(model), dtype="fp32") if isinstance(model, (str, Path)) else model
     lm.config.use_cache = False
     return lm
 
@@ -97,8 +97,12 @@ def save_on_main_process(model: Any, tokenizer: Any, target: Path, meta: dict[st
 
     processes = PartialState()
     if processes.is_main_process:
-        model.config.use_cache = True
-        save_model(model, tokenizer, target, meta)
+        was = model.config.use_cache
+        model.config.use_cache = True  # the saved model generates with its cache
+        try:
+            save_model(model, tokenizer, target, meta)
+        finally:
+            model.config.use_cache = was
     processes.wait_for_everyone()
 
 
@@ -160,6 +164,7 @@ class SFTConfig:
                          "save_steps", "logging_steps", "lora_r")
         if not self.num_train_epochs > 0:
             raise SDZeroError(f"num_train_epochs must be above 0, not {self.num_train_epochs}")
+        trackers(self.report_to)  # unknown or not installed: now, not when training starts
 
 
 def sft_record(prompt_ids: Sequence[int], target_ids: Sequence[int]) -> dict[str, list[int]]:

@@ -4,13 +4,15 @@
 
 A dataset is a list (or a `datasets.Dataset`) of strings, of dicts, or of `Question`s. A dict's prompt is
 its first column among prompt / question / problem / input, its gold answer the `answer` column (may be
-absent: the reward function decides), its id the `id` column (else its position); the whole row is kept
+absent: the reward function decides), its id the `id` column (else a hash of its prompt, so that resumed
+work never mistakes another dataset's question for this one); the whole row is kept
 in `Question.meta`. Like every task, a response is graded by its final attempt (the text after its last
 control phrase).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable, Iterable
 
 from sdzero.errors import SDZeroError
@@ -44,6 +46,10 @@ def as_task(reward: Any) -> Task:
                       f"{type(reward).__name__}")
 
 
+def _default_id(prompt: str) -> str:
+    return "q-" + hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:12]
+
+
 def as_questions(dataset: Iterable[Any]) -> list[Question]:
     """Questions from a list or `datasets.Dataset` of strings, dicts or Questions (see the module's doc)."""
     out = []
@@ -51,14 +57,15 @@ def as_questions(dataset: Iterable[Any]) -> list[Question]:
         if isinstance(row, Question):
             out.append(row)
         elif isinstance(row, str):
-            out.append(Question(id=f"q{i}", prompt=row, answer=""))
+            out.append(Question(id=_default_id(row), prompt=row, answer=""))
         elif isinstance(row, dict):
             column = next((c for c in PROMPT_COLUMNS if c in row), None)
             if column is None:
                 raise SDZeroError(f"row {i} of the dataset has no prompt column (one of {', '.join(PROMPT_COLUMNS)}); "
                                   f"its columns: {', '.join(map(str, row))}")
             answer = row.get("answer")
-            out.append(Question(id=str(row.get("id", f"q{i}")), prompt=str(row[column]),
+            prompt = str(row[column])
+            out.append(Question(id=str(row["id"]) if "id" in row else _default_id(prompt), prompt=prompt,
                                 answer="" if answer is None else str(answer), solution=row.get("solution"),
                                 meta=dict(row)))
         else:

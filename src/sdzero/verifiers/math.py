@@ -20,6 +20,7 @@ import threading
 from functools import lru_cache
 from multiprocessing.connection import Connection
 
+from sdzero.errors import SDZeroError
 from sdzero.verifiers.answers import UNICODE_MINUS
 
 _INT_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+|-?\d+")
@@ -88,16 +89,23 @@ class MathVerifier:
         self._cached = lru_cache(maxsize=65536)(self._compare_in_worker)
 
     def _start(self) -> None:
+        self.close()  # a worker that died: its process and pipes go first
         q_read, q_write = os.pipe()  # questions: we write, the worker reads
         a_read, a_write = os.pipe()  # answers: the worker writes, we read
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
                                                                          os.environ.get("PYTHONPATH")]))}
-        self._proc = subprocess.Popen([sys.executable, "-m", "sdzero.verifiers._math_worker", str(q_read),
-                                       str(a_write)], pass_fds=(q_read, a_write), env=env,
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        os.close(q_read)
-        os.close(a_write)
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-m", "sdzero.verifiers._math_worker", str(q_read),
+                                           str(a_write)], pass_fds=(q_read, a_write), env=env,
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        except BaseException:
+            for fd in (q_write, a_read):
+                os.close(fd)
+            raise
+        finally:
+            os.close(q_read)
+            os.close(a_write)
         self._conn = Connection(a_read, writable=False)
         self._send = Connection(q_write, readable=False)
         self._send.send((list(sys.path),))
@@ -108,10 +116,16 @@ class MathVerifier:
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
-            self._send.send((candidate, gold))
-            if self._conn.poll(self.timeout_s + (15.0 if self._fresh else 0.0)):
-                self._fresh = False
-                return bool(self._conn.recv())
+            try:
+                self._send.send((candidate, gold))
+                if self._conn.poll(self.timeout_s + (15.0 if self._fresh else 0.0)):
+                    self._fresh = False
+                    return bool(self._conn.recv())
+            except (EOFError, BrokenPipeError) as e:
+                self.close()
+                raise SDZeroError("the math verifier's worker process stopped (see its error above); a custom "
+                                  "compare function must be importable by name, not defined in the script that "
+                                  "runs") from e
             self.timeouts += 1
             self.close()
             return False
