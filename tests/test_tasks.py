@@ -194,3 +194,72 @@ def test_evaluating_on_an_empty_validation_split_is_a_clear_error(capsys):
     assert "--validation_size" in capsys.readouterr().err
     assert main(["run", "--eval_split", "validation", "--validation_size", "0", "--output_dir", "/nonexistent/x"]) == 2
     assert "--validation_size" in capsys.readouterr().err
+
+
+def test_templates_over_any_columns_and_case_insensitive_columns(tmp_path):
+    """SVAMP's published format: Body + Question, Answer as a float. Columns are found in any case, and the
+    template may name any of them; an unknown placeholder names the columns there are."""
+    f = write_jsonl(tmp_path / "svamp.jsonl", [{"ID": "a", "Body": "Tom has 3 apples.", "Question": "How many now?",
+                                                "Answer": 3.0}])
+    task = load_task(TaskConfig(task=str(f), prompt_template="{Body} {Question}"))
+    q = task.split({"eval": 1})["eval"][0]
+    assert q.prompt == "Tom has 3 apples. How many now?" and q.answer == "3.0"
+    assert task.reward(q, "So 3 apples.") == 1.0
+    task.close()
+    task = load_task(TaskConfig(task=str(f), prompt_template="{body} {question}"))  # {question}: the column
+    assert task.split({"eval": 1})["eval"][0].prompt == "Tom has 3 apples. How many now?"
+    task.close()
+    with pytest.raises(SDZeroError, match=r"names \{Bdy\}.*columns are \['ID', 'Body', 'Question', 'Answer'\]"):
+        load_task(TaskConfig(task=str(f), prompt_template="{Bdy} {Question}"))
+    with pytest.raises(SDZeroError, match=r"names \{Body\}.*takes \{question\} only"):
+        load_task(TaskConfig(task="rg:basic_arithmetic", prompt_template="{Body} {question}"))
+    g = write_jsonl(tmp_path / "mawps.jsonl", [{"Problem": "2 plus 2?", "Final_Answer": 4.0}])
+    task = load_task(TaskConfig(task=str(g)))
+    assert task.split({"eval": 1})["eval"][0].answer == "4.0"
+    task.close()
+
+
+def test_conversational_messages_datasets(tmp_path):
+    """A `messages` column: the question is the last user turn, the gold answer the last assistant turn (or an
+    answer column when there is one)."""
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 6 x 7?"},
+            {"role": "assistant", "content": "6 x 7 = 42. #### 42"}]
+    f = write_jsonl(tmp_path / "chat.jsonl", [{"messages": conv}])
+    task = load_task(TaskConfig(task=str(f)))
+    q = task.split({"eval": 1})["eval"][0]
+    assert q.prompt.startswith("What is 6 x 7?") and q.answer == "42"
+    task.close()
+    g = write_jsonl(tmp_path / "chat2.jsonl", [{"messages": conv[:2], "answer": "42"}])
+    task = load_task(TaskConfig(task=str(g)))
+    assert task.split({"eval": 1})["eval"][0].answer == "42"
+    task.close()
+
+
+def test_model_loading_options_reach_every_from_pretrained(tiny_model_dir, monkeypatch):
+    """--trust_remote_code, --revision, --attn_implementation: parsed once, passed to every model and tokenizer
+    the process loads (the tokenizer takes all but the attention kernel)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sdzero import models
+    from sdzero.cli import _parse
+    from sdzero.config import ModelConfig
+
+    seen = {}
+    for cls in (AutoModelForCausalLM, AutoTokenizer):
+        real = cls.from_pretrained.__func__
+
+        def spy(klass, path, *a, _real=real, _name=cls.__name__, **kw):
+            seen[_name] = dict(kw)
+            return _real(klass, path, *a, **kw)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    try:
+        _parse((ModelConfig,), ["--model", str(tiny_model_dir), "--trust_remote_code", "--revision", "main",
+                                "--attn_implementation", "eager"], "sdzero eval")
+        model, _ = models.load_model_and_tokenizer(str(tiny_model_dir), "fp32", "cpu")
+    finally:
+        models.set_loading_options({})
+    assert {k: seen["AutoModelForCausalLM"][k] for k in ("trust_remote_code", "revision", "attn_implementation")} \
+        == {"trust_remote_code": True, "revision": "main", "attn_implementation": "eager"}
+    assert seen["AutoTokenizer"] == {"trust_remote_code": True, "revision": "main"}
+    assert model.config._attn_implementation == "eager"

@@ -33,6 +33,12 @@ def _parse(types: tuple, argv: list[str], prog: str, defaults: dict | None = Non
     except (ValueError, FileNotFoundError) as e:  # unknown keys in the config file, or no such file
         raise SDZeroError(f"bad configuration: {e}") from e
     check_settings(*parsed)
+    from sdzero.config import ModelConfig
+    from sdzero.models import set_loading_options
+
+    for c in parsed:
+        if isinstance(c, ModelConfig):
+            set_loading_options(c.loading_options())
     return parsed
 
 

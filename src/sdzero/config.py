@@ -31,6 +31,20 @@ class ModelConfig:
         metadata={"help": "auto | bf16 | fp32 | fp16. auto = bf16 on GPUs and on CPUs with native bf16, else fp32."},
     )
     device: str | None = field(default=None, metadata={"help": "cuda | cpu; default: cuda when available."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Allow a hub model's own modelling code (transformers' trust_remote_code); off by default."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) of the model."})
+    attn_implementation: str | None = field(default=None, metadata={
+        "help": "transformers' attention kernel: eager, sdpa, flash_attention_2, ... (default: transformers')."})
+
+    def loading_options(self) -> dict[str, Any]:
+        """The from_pretrained keywords these settings ask for (only those set)."""
+        opts: dict[str, Any] = {"trust_remote_code": True} if self.trust_remote_code else {}
+        if self.revision:
+            opts["revision"] = self.revision
+        if self.attn_implementation:
+            opts["attn_implementation"] = self.attn_implementation
+        return opts
 
 
 @dataclass

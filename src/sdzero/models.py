@@ -146,12 +146,24 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# from_pretrained keywords for every model and tokenizer this process loads (trust_remote_code, revision,
+# attn_implementation), set once by the command from its ModelConfig (`set_loading_options`): every stage loads
+# models by name (the starting model, the SRT model, the teacher), and all of them want the same options.
+LOADING_OPTIONS: dict[str, Any] = {}
+
+
+def set_loading_options(options: dict[str, Any]) -> None:
+    LOADING_OPTIONS.clear()
+    LOADING_OPTIONS.update(options)
+
+
 def load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name)
+    opts = {k: v for k, v in LOADING_OPTIONS.items() if k != "attn_implementation"}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **opts)
     except OSError as e:
         raise SDZeroError(f"cannot load the tokenizer of {name!r}: {e}") from e
     check_chat_template(tokenizer, name)
@@ -168,7 +180,7 @@ def load_model(name: str, dtype: str = "auto", device: str | None = None) -> Any
     device = device or default_device()
     path = resolve_model_path(name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device), **LOADING_OPTIONS)
     except OSError as e:
         raise SDZeroError(f"cannot load the model {name!r}: {e}") from e
     return model.to(device).eval()

@@ -7,6 +7,7 @@ comes first by default, so the held-out set does not move when the training sets
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -26,6 +27,11 @@ class Question:
         return {"id": self.id, "prompt": self.prompt, "answer": self.answer, "solution": self.solution}
 
 
+def template_placeholders(template: str) -> list[str]:
+    """The {name} placeholders of a prompt template, in order ("\\boxed{}" and "{ x }" are not placeholders)."""
+    return list(dict.fromkeys(re.findall(r"\{([A-Za-z_][A-Za-z0-9_ ]*)\}", template)))
+
+
 class Task:
     """Subclasses implement `pool(n)` and `reward(question, response)`.
 
@@ -38,14 +44,27 @@ class Task:
     default_template: str = "{question}"
     control_phrases: tuple[str, ...] = KNOWN_CONTROL_PHRASES  # where a response's final attempt begins
 
-    def __init__(self, prompt_template: str | None = None):
+    def __init__(self, prompt_template: str | None = None, columns: Sequence[str] = ()):
+        """`columns`: the dataset's columns, which the template may name as placeholders ({Body} {Question})
+        besides {question} (the question column); a task without columns takes {question} only."""
         template = prompt_template or self.default_template
-        if "{question}" not in template:
+        names = template_placeholders(template)
+        by_lower = {c.lower(): c for c in columns}
+        unknown = [n for n in names if n != "question" and n.lower() not in by_lower]
+        if unknown:
+            where = f"the dataset's columns are {list(columns)}" if columns else "this task takes {question} only"
+            raise SDZeroError(f"the prompt template names {', '.join('{' + n + '}' for n in unknown)}, which is not a "
+                              f"placeholder here: {where} (and {{question}}, the question column)")
+        if not names:
             raise SDZeroError(f"the prompt template must contain a {{question}} placeholder: {template!r}")
         self.prompt_template = template
+        self.template_columns = {n: by_lower[n.lower()] for n in names if n != "question"}
 
-    def format_prompt(self, question_text: str) -> str:
-        return self.prompt_template.replace("{question}", question_text)
+    def format_prompt(self, question_text: str, row: dict[str, Any] | None = None) -> str:
+        text = self.prompt_template.replace("{question}", question_text)
+        for name, column in self.template_columns.items():
+            text = text.replace("{" + name + "}", str((row or {}).get(column, "")).strip())
+        return text
 
     def pool(self, n: int) -> list[Question]:
         """At least n distinct questions in a fixed order (fewer only when the source has fewer)."""
