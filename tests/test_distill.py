@@ -379,6 +379,41 @@ def _free_port():
         return s.getsockname()[1]
 
 
+FSDP_CONFIG = HERE.parent / "recipes" / "accelerate" / "fsdp.yaml"
+
+
+def _launch(config: Path | None, n: int, args: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *(["--config_file", str(config)] if config else []),
+           "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), str(HERE / "sdzero_worker.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on GPUs FSDP applies: see the test below")
+def test_an_fsdp_launch_on_cpus_is_refused_not_run_unsharded(tiny_model_dir, tmp_path):
+    """accelerate applies FSDP only on GPUs: on 2 CPU processes its FSDP config silently becomes plain data
+    parallelism (every process holds the whole model). sdzero says so and stops before any work."""
+    proc = _launch(FSDP_CONFIG, 2, distill_args(tiny_model_dir, tmp_path / "out"))
+    assert proc.returncode != 0  # each process exits with status 2; the launcher reports the failure
+    assert "error: accelerate was launched with an FSDP config, but it runs MULTI_CPU here, unsharded" in proc.stderr
+    assert not (tmp_path / "out" / "log.jsonl").exists()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP needs 2 GPUs (accelerate does not shard on CPUs)")
+def test_fsdp_on_two_gpus_gives_the_run_of_one(tiny_model_dir, tmp_path):
+    """For GPU machines: Phase 2 under the FSDP config on 2 GPUs against 1 process, greedy rollouts, same
+    global batch: the same losses."""
+    runs = {}
+    for n, config in ((1, None), (2, FSDP_CONFIG)):
+        out = tmp_path / f"p{n}"
+        proc = _launch(config, n, distill_args(tiny_model_dir, out, "--temperature", "0", "--batch_size", "1",
+                                               "--max_steps", "3", "--selfloc_samples", "0"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[n] = history(out)
+    for key in ("loss", "reward", "tokens", "grad_norm"):
+        assert column(runs[1], key) == pytest.approx(column(runs[2], key), rel=1e-3, abs=1e-6, nan_ok=True), key
+
+
 def test_two_processes_give_the_same_run_as_one(tiny_model_dir, tmp_path):
     """accelerate launch, 2 CPU processes over gloo, against 1 process at the same global batch. Greedy
     rollouts generated one at a time, so both runs see identical responses; the losses, logged metrics and

@@ -199,7 +199,8 @@ class DistillTrainer:
         from sdzero.context import Context
         from sdzero.models import load_tokenizer
         from sdzero.tasks.user import as_questions, as_task
-        from sdzero.training import apply_lora, disable_dropout, load_model_to_train, make_adamw, trackers, use_bf16
+        from sdzero.training import (apply_lora, check_sharding_applied, disable_dropout, load_model_to_train,
+                                     make_adamw, trackers, use_bf16)
 
         cfg = args if args is not None else DistillConfig()
         by_name = isinstance(model, (str, Path))
@@ -234,6 +235,7 @@ class DistillTrainer:
         self.acc = Accelerator(mixed_precision="bf16" if use_bf16(cfg.precision) else "no",
                                log_with=tracker_names or None, project_dir=cfg.output_dir,
                                cpu=not torch.cuda.is_available())
+        check_sharding_applied(self.acc.distributed_type)
         cfg.validate(self.acc.num_processes)
         self.main = self.acc.is_main_process
         self.tokenizer = processing_class if processing_class is not None else load_tokenizer(model_name)

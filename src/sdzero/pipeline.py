@@ -209,6 +209,7 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig, rerun_stale
     from sdzero.reports import write_run_report
     from sdzero.runfolder import history_totals, read_history
     from sdzero.srt import run_srt
+    from sdzero.training import check_sharding_applied
 
     if cfg.stop_after not in STAGES:
         raise SDZeroError(f"stop_after must be one of {', '.join(STAGES)}, not {cfg.stop_after!r}")
@@ -236,6 +237,7 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig, rerun_stale
     ctx = Context(mc, tc, gc, rc)
     srt_model, sdzero_model = out / "srt" / "model", out / "distill" / "model"
     processes = _processes()
+    check_sharding_applied(processes.distributed_type)  # an FSDP launch on CPUs: refused before any work
     configs["distill"].validate(processes.num_processes)  # e.g. questions_per_step vs processes: now, not hours later
 
     def redo_stale() -> dict[str, Any]:

@@ -106,6 +106,27 @@ def save_on_main_process(model: Any, tokenizer: Any, target: Path, meta: dict[st
     processes.wait_for_everyone()
 
 
+def check_sharding_applied(distributed_type: Any) -> None:
+    """A run launched with an FSDP or DeepSpeed config must run sharded. On a machine without GPUs accelerate
+    does not apply FSDP: it runs plain data parallelism (MULTI_CPU, a full model per process) without a word,
+    so refuse instead (measured with accelerate's FSDP config on 2 CPU processes; DeepSpeed is not
+    installable here without a CUDA torch)."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    asked = "FSDP" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" else \
+        "DeepSpeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else None
+    got = {DistributedType.FSDP: "FSDP", DistributedType.DEEPSPEED: "DeepSpeed"}.get(distributed_type)
+    if asked and got != asked:
+        name = getattr(distributed_type, "name", distributed_type)
+        article = "an" if asked == "FSDP" else "a"
+        raise SDZeroError(f"accelerate was launched with {article} {asked} config, but it runs {name} here, unsharded: "
+                          f"accelerate applies {asked} only on GPUs (without them it gives every process a full "
+                          "copy of the model). Use recipes/accelerate/multi_gpu.yaml's data parallelism on CPUs, "
+                          f"or GPUs for {asked}")
+
+
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
 
 
@@ -246,6 +267,9 @@ def train_records(model: Any, records: list[dict], cfg: SFTConfig, pad_id: int, 
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
+    from accelerate import PartialState
+
+    check_sharding_applied(PartialState(cpu=not torch.cuda.is_available()).distributed_type)
     ckpt_dir = Path(cfg.output_dir) / "checkpoints" / stage
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     warmup = int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else cfg.warmup_steps  # steps, or a share of them
