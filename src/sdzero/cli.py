@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -60,6 +61,15 @@ def cmd_eval(argv: list[str]) -> int:
 
     ctx, ec = _parse_command(EvalConfig, argv, "eval")
     mc, gc = ctx.model_config, ctx.generation
+    if ec.suite:
+        from sdzero.suites import run_suite
+
+        folder = check_output_dir(ec.output or f"outputs/suite-{ec.suite}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                  "--output")
+        result = run_suite(ctx, ec, mc.model, Path(folder))
+        print(result["table"])
+        print(f"reports: {folder}")
+        return 0
     check_eval_split(ec.split, ctx.task_config)
     out = check_output_file(ec.output) if ec.output else None  # before the task loads (a download, a sandbox)
     with ctx:

@@ -45,9 +45,26 @@ class EvalConfig:
     output: str | None = field(default=None, metadata={"help": "Where to write the JSON report "
                                                                "(default: outputs/eval-<task>-<time>.json)."})
     save_samples: bool = field(default=True, metadata={"help": "Keep every response in the JSON report."})
+    suite: str | None = field(default=None, metadata={
+        "help": "Evaluate on every benchmark of a suite instead of --task: paper-math (AIME24, AIME25, HMMT25, "
+                "AMO-Bench, OpenR1 held-out, MATH), paper-code (Codeforces held-out, LiveCodeBench), offline (GSM8K "
+                "from ../shared/data, HumanEval); one table with the average. --output is then a folder."})
+    benchmark_paths: str | None = field(default=None, metadata={
+        "help": "With --suite: NAME=PATH,... local files for benchmarks (machines without the hub)."})
+    suite_size: int | None = field(default=None, metadata={
+        "help": "With --suite: at most N questions per benchmark (default: each benchmark whole)."})
 
     def validate(self) -> None:
         require_at_least(self, 1, "num_samples", "max_prompt_tokens", "max_reviser_tokens")
+        if self.suite_size is not None and self.suite_size < 1:
+            raise SDZeroError(f"suite_size must be at least 1, not {self.suite_size}")
+        if self.benchmark_paths and not self.suite:
+            raise SDZeroError("benchmark_paths goes with --suite")
+        if self.suite:
+            from sdzero.suites import SUITES
+
+            if self.suite not in SUITES:
+                raise SDZeroError(f"unknown suite {self.suite!r}; choose from {', '.join(SUITES)}")
 
 
 def check_eval_split(split: str, tc: Any) -> None:
