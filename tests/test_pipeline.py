@@ -146,3 +146,34 @@ def test_report_says_where_sd_zero_ends_and_gives_intervals():
     assert verdicts(table, 2) == ["SD-Zero is below SRT by 15.0 points and below base by 5.0 points (avg@2)."]
     table["SD-Zero"]["avg@2"] = 0.35
     assert verdicts(table, 2) == ["SD-Zero is at or above SRT and base (avg@2)."]
+
+
+def test_push_to_hub_uploads_the_model_with_a_card_that_says_how_it_was_made(tiny_model_dir, tmp_path, monkeypatch):
+    """Up to the upload call, with the Hub client replaced by a local fake that records what it was given."""
+    import huggingface_hub
+
+    calls = []
+
+    class FakeHub:
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            calls.append(("create_repo", repo_id, private))
+            return f"https://hub.example/{repo_id}"
+
+        def upload_folder(self, repo_id, folder_path, commit_message=""):
+            calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            calls.append(("card", (Path(folder_path) / "README.md").read_text()))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS, "--push_to_hub",
+                 "--hub_model_id", "me/tiny-sdzero", "--hub_private"]) == 0
+    assert calls[0] == ("create_repo", "me/tiny-sdzero", True)
+    assert calls[1][0] == "upload_folder"
+    assert {"config.json", "README.md", "stages.json", "sdzero.json"} <= set(calls[1][2])
+    card = calls[2][1]
+    assert "Let me rephrase the above solution." in card and "Wait, this response is not correct" in card
+    assert "| SD-Zero |" in card and "distill_max_steps: 2" in card and "task: \"parity:\"" in card
+    # without a repo id: one clear error before any work
+    assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "x"), *ARGS,
+                 "--push_to_hub"]) == 2
+    assert not (tmp_path / "x" / "stages.json").exists()

@@ -71,7 +71,8 @@ SHARED_TRAINING = {"use_lora": (False, "Train LoRA adapters in SRT and Phase 2 (
                                          "trackio, wandb.")}
 EVALUATION_FIELDS = ("eval_split", "eval_num_samples", "eval_revise")
 # Settings that change how a stage runs or logs, not what it produces: a change redoes nothing.
-BOOKKEEPING_FIELDS = ("report_to", "gradient_checkpointing", "logging_steps", "save_steps", "save_total_limit")
+BOOKKEEPING_FIELDS = ("report_to", "gradient_checkpointing", "logging_steps", "save_steps", "save_total_limit",
+                      "push_to_hub", "hub_model_id", "hub_private")
 
 
 def _stage_config_class(stage: str) -> type:
@@ -104,6 +105,12 @@ def _run_config_class() -> type:
                                                                       "rate."})),
         *[(name, type(default), field(default=default, metadata={"help": help}))
           for name, (default, help) in SHARED_TRAINING.items()],
+        ("push_to_hub", bool, field(default=False, metadata={
+            "help": "After the report, upload the SD-Zero model to the Hub (--hub_model_id) with a model card: the "
+                    "recipe, the measured numbers, the control phrases."})),
+        ("hub_model_id", "str | None", field(default=None, metadata={"help": "Hub repo id for --push_to_hub "
+                                                                              "(user/name)."})),
+        ("hub_private", bool, field(default=False, metadata={"help": "Create the Hub repo private."})),
     ]
     stage_fields = {(stage, f.name): f for stage in STAGE_CONFIGS for f in fields(_stage_config_class(stage))}
     generated = []
@@ -116,6 +123,8 @@ def _run_config_class() -> type:
     def validate(self) -> None:
         if self.eval_num_samples < 1:
             raise SDZeroError(f"eval_num_samples must be at least 1, not {self.eval_num_samples}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise SDZeroError("push_to_hub needs --hub_model_id (user/name)")
 
     cls = make_dataclass("RunConfig", own + generated, namespace={
         "validate": validate, "__doc__": "`sdzero run`'s settings: its own, then every stage's as --STAGE_FIELD."})
@@ -307,4 +316,12 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig, rerun_stale
             run_stage(name, fn)
             if name == cfg.stop_after:
                 break
+    if cfg.push_to_hub and "report" in state and processes.is_main_process:
+        from sdzero.config import read_meta
+        from sdzero.hub import model_card, push_model
+        from sdzero.reports import results_table
+
+        card = model_card(cfg.hub_model_id, state, results_table(out), read_meta(sdzero_model)["control_phrases"])
+        url = push_model(sdzero_model, cfg.hub_model_id, card, out / "stages.json", private=cfg.hub_private)
+        info(f"[run] pushed {sdzero_model} to {url}")
     return state
