@@ -203,8 +203,13 @@ def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_
 
     out = tmp_path / "cmp"
     argv = ["compare", "--model", str(tiny_model_dir), "--output_dir", str(out), "--seeds", "0",
-            "--grpo_questions_per_step", "2", "--sdft_questions_per_step", "4", *ARGS]
+            "--grpo_questions_per_step", "2", "--sdft_questions_per_step", "4", "--eval_suite", "offline",
+            "--eval_suite_size", "2", *ARGS]
     assert main(argv) == 0
+    # Every method's model on the benchmark suite too, one table in the paper's Table 1 shape.
+    suite = json.loads((out / "report" / "suite.json").read_text())
+    assert set(suite["methods"]) == {"base", "rft", "grpo", "sdft", "srt", "sdzero"}
+    assert "| method | GSM8K | HumanEval | Avg. |" in (out / "report" / "suite.md").read_text()
     seed = out / "seed-0"
     stages = json.loads((seed / "sdzero" / "stages.json").read_text())
     sdzero_spent = stages["collect"]["generations"] + stages["distill"]["generations"]
@@ -220,7 +225,8 @@ def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_
     assert (out / "report" / "accuracy-vs-generations.png").is_file()
     capsys.readouterr()
     assert main(argv) == 0  # started again: nothing redone
-    assert capsys.readouterr().out.count("done before, skipped") == 3
+    printed = capsys.readouterr().out
+    assert printed.count("done before, skipped") == 3 and "suite" not in printed.replace("report/suite", "")
     # Another Phase-2 setting is refused here (a run alone would redo Phase 2): the baselines were matched to it.
     assert main([*argv, "--distill_max_steps", "3"]) == 2
     assert "other settings (distill_max_steps)" in capsys.readouterr().err

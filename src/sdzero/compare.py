@@ -45,6 +45,13 @@ class CompareConfig:
     sdft_questions_per_step: int = field(default=16, metadata={"help": "SDFT questions per step (Phase 2's)."})
     sdft_learning_rate: float = field(default=5e-6, metadata={"help": "SDFT learning rate (Phase 2's)."})
     sdft_teacher: str = field(default="frozen", metadata={"help": "SDFT teacher: frozen, sync or ema."})
+    eval_suite: str | None = field(default=None, metadata={
+        "help": "Also evaluate every method's model on a benchmark suite (`sdzero eval --suite`): paper-math, "
+                "paper-code, offline; a table per method with the average, in the paper's Table 1 shape."})
+    eval_benchmark_paths: str | None = field(default=None, metadata={
+        "help": "With --eval_suite: NAME=PATH,... local files for benchmarks."})
+    eval_suite_size: int | None = field(default=None, metadata={
+        "help": "With --eval_suite: at most N questions per benchmark."})
 
     def seed_list(self) -> list[int]:
         try:
@@ -64,6 +71,11 @@ class CompareConfig:
             raise SDZeroError("grpo_num_generations must be at least 2: an advantage is relative to the group")
         if not self.rft_num_train_epochs > 0:
             raise SDZeroError(f"rft_num_train_epochs must be above 0, not {self.rft_num_train_epochs}")
+        if self.eval_suite is not None:
+            from sdzero.suites import SUITES
+
+            if self.eval_suite not in SUITES:
+                raise SDZeroError(f"unknown eval_suite {self.eval_suite!r}; choose from {', '.join(SUITES)}")
         if self.sdft_teacher not in ("frozen", "sync", "ema"):
             raise SDZeroError(f"sdft_teacher must be frozen, sync or ema, not {self.sdft_teacher!r}")
         if self.budget_generations is not None and self.budget_generations < 1:
@@ -117,7 +129,56 @@ def run_compare(mc: Any, tc: Any, gc: Any, rc: Any, run_cfg: Any, cfg: CompareCo
                     run_baseline(ctx, method, folder, budget, train_questions, ctx.questions("eval"), run_cfg, cfg)
         from sdzero.reports import write_compare_report
 
-        return write_compare_report(out, seeds, methods)
+        summary = write_compare_report(out, seeds, methods)
+        if cfg.eval_suite:
+            suite_tables(out, seeds, methods, Context(mc, tc, gc, rc), run_cfg, cfg)
+        return summary
+
+
+# Where each method's model lives in a seed's folder.
+MODEL_DIRS = {"base": None, "srt": "sdzero/srt/model", "sdzero": "sdzero/distill/model", "rft": "rft/model",
+              "grpo": "grpo/model", "sdft": "sdft/model"}
+
+
+def suite_tables(out: Path, seeds: list[int], methods: list[str], ctx: Any, run_cfg: Any,
+                 cfg: CompareConfig) -> str:
+    """Every method's model of every seed on cfg.eval_suite (a finished table is not redone); one table,
+    method x benchmark, mean over seeds, with the average: report/suite.md and .json."""
+    import json
+
+    from sdzero.evaluate import EvalConfig
+    from sdzero.files import atomic_write_json, atomic_write_text
+    from sdzero.reports import LABELS, ROW_ORDER
+    from sdzero.suites import run_suite
+
+    ec = EvalConfig(num_samples=run_cfg.eval_num_samples, revise=False, suite=cfg.eval_suite,
+                    benchmark_paths=cfg.eval_benchmark_paths, suite_size=cfg.eval_suite_size)
+    per_method: dict[str, list[dict[str, Any]]] = {}
+    for seed in seeds:
+        for method in [m for m in ROW_ORDER if m in ("base", "srt", "sdzero", *methods)]:
+            sub = MODEL_DIRS[method]
+            model = ctx.model_config.model if sub is None else str(out / f"seed-{seed}" / sub)
+            folder = out / f"seed-{seed}" / f"suite-{cfg.eval_suite}" / method
+            if not (folder / "table.json").is_file():
+                info(f"[compare] seed {seed}: {method} on the {cfg.eval_suite} suite")
+                run_suite(ctx.with_seed(seed), ec, model, folder)
+            per_method.setdefault(method, []).append(json.loads((folder / "table.json").read_text()))
+    names = list(per_method[next(iter(per_method))][0]["benchmarks"])
+    lines = [f"# {cfg.eval_suite}: avg@{ec.num_samples} (points), mean over seeds {', '.join(map(str, seeds))}", "",
+             "| method | " + " | ".join(names) + " | Avg. |", "|---|" + "---|" * (len(names) + 1)]
+    summary = {}
+    for method, tables in per_method.items():
+        means = {n: sum(t["benchmarks"][n]["avg"] for t in tables) / len(tables) for n in names}
+        avg = sum(t["average"] for t in tables) / len(tables)
+        summary[method] = {"benchmarks": means, "average": avg, "seeds": len(tables)}
+        lines.append(f"| {LABELS[method]} | " + " | ".join(f"{100 * means[n]:.1f}" for n in names)
+                     + f" | {100 * avg:.1f} |")
+    table = "\n".join(lines)
+    (out / "report").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report" / "suite.md", table + "\n")
+    atomic_write_json(out / "report" / "suite.json", {"suite": cfg.eval_suite, "methods": summary})
+    info(table)
+    return table
 
 
 def seeds_in(folder: Path, seeds: str | None = None) -> list[int]:
