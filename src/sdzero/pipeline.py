@@ -193,11 +193,11 @@ def supersede(out: Path, state: dict[str, Any], stale: Sequence[str], changed: S
             shutil.move(str(source), str(target / STAGE_OUTPUTS[stage]))
 
 
-def _run_field_defaults() -> dict[str, Any]:
-    """RunConfig's fields that have a default, with it (as stored in stages.json)."""
+def _field_defaults(*config_classes: type) -> dict[str, Any]:
+    """The fields of these configs that have a default, with it (as stored in stages.json)."""
     from dataclasses import MISSING, fields
 
-    return {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+    return {f.name: f.default for c in config_classes for f in fields(c) if f.default is not MISSING}
 
 
 def _processes() -> Any:
@@ -231,7 +231,8 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig, rerun_stale
     own = {k: v for k, v in asdict(cfg).items() if k not in ("stop_after", "output_dir")}
     settings = json.loads(json.dumps({**asdict(mc), **asdict(tc), **asdict(gc), **asdict(rc), **own}))
     stored = {k: v for k, v in state.setdefault("settings", settings).items() if k != "output_dir"}  # older runs
-    for k, v in _run_field_defaults().items():  # a field added since that run was made, left at its default
+    # A field added since that run was made (to any of its configs), left at its default, matches.
+    for k, v in _field_defaults(type(mc), type(tc), type(gc), type(rc), RunConfig).items():
         if k not in stored and settings.get(k) == v:
             stored[k] = v
     stale: list[str] = []
