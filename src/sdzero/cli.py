@@ -62,8 +62,10 @@ def cmd_eval(argv: list[str]) -> int:
     ctx, ec = _parse_command(EvalConfig, argv, "eval")
     mc, gc = ctx.model_config, ctx.generation
     if ec.suite:
-        from sdzero.suites import run_suite
+        from sdzero.suites import SUITES, run_suite
 
+        if ec.suite not in SUITES:  # before the output folder is made
+            raise SDZeroError(f"unknown suite {ec.suite!r}; choose from {', '.join(SUITES)}")
         folder = check_output_dir(ec.output or f"outputs/suite-{ec.suite}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   "--output")
         result = run_suite(ctx, ec, mc.model, Path(folder))
