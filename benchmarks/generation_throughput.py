@@ -6,7 +6,11 @@
 Same model, prompts, batch size, cap and temperature for both; the two decoders alternate (compact,
 generate, compact, generate, ...) so that machine noise hits both alike. Prints responses/s and
 response tokens/s of each, and the ratio; then the cost of one decoding step at batch 1 and at the batch
-size, which is why the compact decoder refills its batch instead of letting it shrink.
+size, which is why the compact decoder refills its batch instead of letting it shrink; then the compact
+decoder at each of --batch_sizes on the same prompts, and its distance to the machine's floor: a decoding
+step must read every weight once (weights' bytes / the measured read bandwidth) and do 2 x parameters x
+batch multiply-adds (/ the measured matmul rate in the model's dtype), so the larger of the two is the
+least a step can take, and batch / that time the most tokens per second at that batch size.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch_sizes", default="32,64,128", help="compact decoder batch sizes to compare")
     args = ap.parse_args()
 
     from sdzero.config import TaskConfig
@@ -58,6 +63,58 @@ def main() -> None:
     one, full = step_ms(model, 1), step_ms(model, args.batch_size)
     print(f"one decoding step (60-token context): {one:.0f} ms at batch 1, {full:.0f} ms at batch "
           f"{args.batch_size} ({full / one:.1f}x the time for {args.batch_size}x the rows)")
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    by_batch = {b: {"s": 0.0, "tokens": 0, "seqs": 0} for b in batch_sizes}
+    for r in range(args.rounds):
+        for b in batch_sizes if r % 2 == 0 else batch_sizes[::-1]:
+            gen = HFGenerator(model, tok, batch_size=b, show_progress=False)
+            t0 = time.perf_counter()
+            out = gen.generate(prompts, params, seed=r)
+            by_batch[b]["s"] += time.perf_counter() - t0
+            by_batch[b]["tokens"] += sum(c.num_tokens for cs in out for c in cs)
+            by_batch[b]["seqs"] += len(out)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    params_count = sum(p.numel() for p in model.parameters())
+    bandwidth, flops = read_bandwidth(), matmul_rate(next(model.parameters()).dtype)
+    print(f"weights {weights / 1e6:.0f} MB, read bandwidth {bandwidth / 1e9:.1f} GB/s, matmul "
+          f"{flops / 1e9:.0f} GFLOP/s: a step takes at least max({weights / bandwidth * 1000:.0f} ms, "
+          f"{2 * params_count / flops * 1000:.2f} ms x batch)")
+    base = by_batch[batch_sizes[0]]
+    for b, t in by_batch.items():
+        ms = step_ms(model, b)
+        floor_ms = max(weights / bandwidth, 2 * params_count * b / flops) * 1000
+        print(f"  compact, batch {b:>4}: {t['seqs'] / t['s']:6.2f} responses/s {t['tokens'] / t['s']:7.1f} tokens/s "
+              f"({(t['seqs'] / t['s']) / (base['seqs'] / base['s']):.2f}x batch {batch_sizes[0]}); one step "
+              f"{ms:.0f} ms = {ms / floor_ms:.1f}x the floor, {b * 1000 / ms:.0f} of at most "
+              f"{b * 1000 / floor_ms:.0f} tokens/s")
+
+
+def matmul_rate(dtype, n: int = 2048, rounds: int = 5) -> float:
+    """FLOP per second of the best of a few n x n x n matmuls in `dtype`: what the CPU's matrix units give."""
+    import torch
+
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def read_bandwidth(megabytes: int = 1024, rounds: int = 5) -> float:
+    """Bytes per second the CPU reads from memory: the best of a few sums over a buffer far larger than
+    any cache."""
+    import torch
+
+    buf = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        buf.sum()
+        best = min(best, time.perf_counter() - t0)
+    return buf.numel() * 4 / best
 
 
 def step_ms(model, batch: int, context: int = 60, steps: int = 20) -> float:

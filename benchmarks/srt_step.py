@@ -1,13 +1,16 @@
-"""SRT training speed: padded batches vs padding-free batches, side by side in one run.
+"""SRT training speed: padded batches vs padding-free batches, side by side in one run; then where a
+padding-free step's time goes.
 
     python benchmarks/srt_step.py [--data OUTPUT_OF_COLLECT] [--steps 6] [--rounds 2]
 
 Both variants train the embedded model with the Trainer loop `sdzero srt` uses (bf16 autocast where the CPU
 has it, batch 8), on the same records in the same order, from the same weights; the rounds alternate the
-two so that drift in the machine's speed hits both. Records come from a `sdzero collect` folder (kept.jsonl)
-or, without --data, are synthetic with the lengths measured on the embedded default (prompt 56 tokens, draft
-1-128, revision 1-107). Prints seconds per step, supervised and real tokens per second, the ratio, and the
-losses of the two (they should agree to rounding).
+two so that drift in the machine's speed hits both. Records come from a `sdzero collect` folder
+(kept.jsonl) or, without --data, are synthetic with the lengths measured on the embedded default (prompt 56
+tokens, draft 1-128, revision 1-107). Prints seconds per step, supervised and real tokens per second, the
+ratio, and the losses (they should agree to rounding). The breakdown then times the parts of one step
+(forward, backward, gradient clipping + fused AdamW) in a bare loop over the same padding-free batches, and
+with --profile lists the operators that take the most time in one such step.
 """
 
 import argparse
@@ -16,10 +19,13 @@ import shutil
 import tempfile
 import time
 
+from sdzero import training
 from sdzero.chat import ControlPhrases, turn_end_id
 from sdzero.models import load_model, load_tokenizer
 from sdzero.srt import SRTConfig, build_records
-from sdzero.training import IGNORE, train_records
+from sdzero.training import IGNORE, PackCollator, supervised_nll, train_records
+
+VARIANTS = {"padded": False, "padding-free": True}  # name: padding_free
 
 
 def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
@@ -35,7 +41,8 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def run(records: list[dict], padding_free: bool, pad_id: int, workdir: str) -> tuple[float, float]:
+def run(records: list[dict], variant: str, pad_id: int, workdir: str) -> tuple[float, float]:
+    padding_free = VARIANTS[variant]
     model = load_model("embedded", dtype="fp32")
     model.config.use_cache = False
     cfg = SRTConfig(output_dir=workdir, learning_rate=1e-5, num_train_epochs=1, per_device_train_batch_size=8,
@@ -48,11 +55,51 @@ def run(records: list[dict], padding_free: bool, pad_id: int, workdir: str) -> t
     return seconds, sum(losses) / len(losses)
 
 
+def breakdown(records: list[dict], rounds: int, profile: bool) -> None:
+    """Median seconds of forward, backward and optimizer over the padding-free batches; with `profile`, the
+    operators that take the most time in one more step."""
+    import torch
+
+    model = load_model("embedded", dtype="fp32")
+    model.config.use_cache = False
+    model.train()
+    optimizer = training.make_adamw(list(model.parameters()), 0.0, 0.0)  # lr 0: every pass sees the same weights
+    batches = [PackCollator()(records[i:i + 8]) for i in range(0, len(records), 8)]
+
+    def step(batch: dict) -> tuple[float, float, float]:
+        batch = dict(batch)
+        labels = batch.pop("labels")
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=training.use_bf16("auto")):
+            loss = supervised_nll(model(**batch), labels)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    parts = [step(batch) for _ in range(rounds) for batch in batches]
+    med = [sorted(col)[len(col) // 2] for col in zip(*parts)]
+    print(f"\nwhere a padding-free step goes (bare loop, median of {len(parts)} steps):")
+    for name, seconds in zip(("forward", "backward", "clip + AdamW"), med):
+        print(f"  {name:<13} {seconds:6.2f} s  {seconds / sum(med):4.0%}")
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(batches[0])
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="a `sdzero collect` output folder; default: synthetic records")
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per measurement (batch 8)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--profile", action="store_true", help="also list the costliest operators of one step")
     args = ap.parse_args()
     tok = load_tokenizer("embedded")
     if args.data:
@@ -69,20 +116,23 @@ def main() -> None:
     real = sum(len(r["input_ids"]) for r in records)
     padded = sum(8 * max(len(r["input_ids"]) for r in records[i:i + 8]) for i in range(0, len(records), 8))
     print(f"{len(records)} records, {real} tokens ({padded} with padding), {supervised} supervised")
-    times = {True: [], False: []}
+    names = list(VARIANTS)
+    times: dict[str, list[float]] = {n: [] for n in names}
     loss = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for padding_free in ((False, True) if r % 2 == 0 else (True, False)):
-                seconds, loss[padding_free] = run(records, padding_free, tok.pad_token_id, f"{tmp}/{padding_free}-{r}")
-                times[padding_free].append(seconds)
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                seconds, loss[name] = run(records, name, tok.pad_token_id, f"{tmp}/{r}")
+                times[name].append(seconds)
     steps = len(records) // 8
-    print(f"{'batches':<14} {'s/step':>7} {'real tok/s':>10} {'supervised tok/s':>17} {'mean loss':>9}")
-    for padding_free in (False, True):
-        t = min(times[padding_free])
-        print(f"{'padding-free' if padding_free else 'padded':<14} {t / steps:>7.2f} {real / t:>10.0f} "
-              f"{supervised / t:>17.0f} {loss[padding_free]:>9.4f}")
-    print(f"padding-free vs padded: {min(times[False]) / min(times[True]):.2f}x (best of {args.rounds} each)")
+    print(f"{'batches':<14} {'s/step':>7} {'real tok/s':>10} {'supervised tok/s':>17} {'mean loss':>9} "
+          f"{'vs padded':>9}")
+    for name in names:
+        t = min(times[name])
+        print(f"{name:<14} {t / steps:>7.2f} {real / t:>10.0f} {supervised / t:>17.0f} {loss[name]:>9.4f} "
+              f"{min(times['padded']) / t:>8.2f}x")
+    print(f"(whole Trainer runs of {steps} steps, model load excluded, best of {args.rounds} each)")
+    breakdown(records, args.rounds, args.profile)
 
 
 if __name__ == "__main__":

@@ -168,3 +168,21 @@ def test_sampling_respects_temperature_and_top_p():
     assert _sample(logits, 0.0, 1.0).item() == 0
     draws = torch.stack([_sample(logits, 1.0, 1.0) for _ in range(4000)]).flatten()
     assert abs((draws == 3).float().mean().item() - 0.05) < 0.015
+
+
+def test_every_entry_point_generates_with_the_commands_batch_size():
+    """The Python API and the baselines default to the batch size the commands use (GenerationConfig), so a
+    run from Python decodes as a run from the command line does."""
+    import inspect
+
+    from sdzero.baselines import grpo, rft, sdft
+    from sdzero.config import GenerationConfig
+    from sdzero.distill import DistillTrainer, run_distill
+    from sdzero.generation import make_generator
+
+    default = GenerationConfig().batch_size
+    for fn, name in ((HFGenerator, "batch_size"), (make_generator, "batch_size"),
+                     (DistillTrainer, "generation_batch_size"), (run_distill, "generation_batch_size"),
+                     (rft.run_rft, "generation_batch_size"), (sdft.run_sdft, "generation_batch_size"),
+                     (grpo.run_grpo, "generation_batch_size")):
+        assert inspect.signature(fn).parameters[name].default == default, fn

@@ -13,6 +13,7 @@ from typing import Any
 
 from sdzero.chat import ControlPhrases
 from sdzero.errors import SDZeroError, require_at_least
+from sdzero.generation import DEFAULT_BATCH_SIZE
 
 # One-digit, two-term arithmetic: SmolLM2-135M-Instruct starts in the 20-40% band (RESULTS.md)
 # and the generator has thousands of distinct questions, so Phase-1/Phase-2/eval splits stay disjoint.
@@ -167,7 +168,8 @@ class GenerationConfig:
     max_new_tokens: int = field(default=256, metadata={"help": "Cap on tokens per response."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0 = greedy)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
-    batch_size: int = field(default=32, metadata={"help": "Sequences generated together."})
+    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata={"help": "Sequences generated together "
+                                                                      "(less: less memory)."})
     backend: str = field(default="hf", metadata={"help": "Generation backend: hf (transformers generate) or vllm "
                                                         "(GPUs, needs vLLM installed; colocated, weights synced each "
                                                         "Phase-2 step)."})

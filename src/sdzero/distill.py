@@ -43,6 +43,7 @@ from typing import Any, Sequence
 from sdzero.distill_log import Heatmaps, StepLog
 from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import atomic_write_json
+from sdzero.generation import DEFAULT_BATCH_SIZE
 from sdzero.policy import (DIVERGENCES, DivergenceSpec, PolicyForward, Teacher, check_head_gives_logits, pad_batch,
                            prepare_sharded_teacher)
 from sdzero.logs import info
@@ -188,7 +189,7 @@ class DistillTrainer:
 
     def __init__(self, model: Any, reward_funcs: Any, train_dataset: Any, args: DistillConfig | None = None,
                  sampling: Any = None, phrases: Any = None, system_prompt: str | None = None,
-                 generation_backend: str = "hf", generation_batch_size: int = 32, seed: int = 0,
+                 generation_backend: str = "hf", generation_batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
                  processing_class: Any = None):
         import torch
         from accelerate import Accelerator
@@ -504,7 +505,8 @@ class DistillTrainer:
 
 def run_distill(model_name: str, task: Any, questions: Sequence[Any], cfg: DistillConfig, sampling: Any,
                 phrases: Any, system_prompt: str | None = None, generation_backend: str = "hf",
-                generation_batch_size: int = 32, seed: int = 0, trainer_class: type | None = None) -> dict[str, Any]:
+                generation_batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
+                trainer_class: type | None = None) -> dict[str, Any]:
     """Train (resuming when a checkpoint exists) and save OUTPUT_DIR/model; returns a summary."""
     from sdzero.config import read_meta
 

@@ -26,6 +26,12 @@ from typing import Any, Literal, Sequence
 from sdzero.errors import SDZeroError
 from sdzero.logs import progress
 
+# Sequences decoded together. On a CPU a decoding step is far from its floor at any batch size, and a larger
+# batch shares a step's fixed cost among more rows: on the embedded model 128 gives 1.5x the responses per
+# second of 32 (benchmarks/generation_throughput.py, RESULTS.md). Lower it where memory is short (a 4B model
+# with long responses on one GPU); vLLM schedules its own batches.
+DEFAULT_BATCH_SIZE = 128
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -85,7 +91,7 @@ def stop_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
 class HFGenerator(Generator):
     """A transformers model on its own device: the compact decoder below, or `generate`."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, show_progress: bool = True,
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = DEFAULT_BATCH_SIZE, show_progress: bool = True,
                  decode: str = "compact"):
         if decode not in ("compact", "generate"):
             raise SDZeroError(f"decode must be compact or generate, not {decode!r}")
@@ -315,7 +321,8 @@ def _trim_at_stop(row: Sequence[int], stop_ids: Sequence[int], tokenizer: Any) -
 BACKENDS = ("hf", "vllm")
 
 
-def make_generator(backend: str, model: Any, tokenizer: Any, batch_size: int = 32, **kw: Any) -> Generator:
+def make_generator(backend: str, model: Any, tokenizer: Any, batch_size: int = DEFAULT_BATCH_SIZE,
+                   **kw: Any) -> Generator:
     if backend == "hf":
         kw = {k: v for k, v in kw.items() if k in ("show_progress", "decode")}
         return HFGenerator(model, tokenizer, batch_size=batch_size, **kw)

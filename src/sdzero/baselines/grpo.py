@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sdzero.errors import SDZeroError
+from sdzero.generation import DEFAULT_BATCH_SIZE
 from sdzero.logs import info, interactive
 
 
@@ -92,7 +93,7 @@ def _trainer_class() -> type:
     class SDZeroGRPOTrainer(GRPOTrainer):
         """GRPOTrainer + sdzero's decoder for rollouts + zero-variance groups out of the loss."""
 
-        sdzero_generation_batch_size = 32
+        sdzero_generation_batch_size = DEFAULT_BATCH_SIZE
         sdzero_seed = 0
         sdzero_drop_zero_variance = True
         sdzero_trace: list | None = None  # a list: each training batch's advantages and loss mask go in (tests)
@@ -193,7 +194,7 @@ def _last_checkpoint(folder: Path) -> Path | None:
 
 
 def run_grpo(model_name: str, task: Any, questions: Sequence[Any], cfg: GRPOBaselineConfig, sampling: Any,
-             budget: Any, system_prompt: str | None = None, generation_batch_size: int = 32,
+             budget: Any, system_prompt: str | None = None, generation_batch_size: int = DEFAULT_BATCH_SIZE,
              seed: int = 0) -> dict[str, Any]:
     """Train within `budget` and save OUTPUT_DIR/model; returns a summary with the per-step log."""
     import torch

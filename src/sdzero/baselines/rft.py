@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sdzero.errors import SDZeroError
+from sdzero.generation import DEFAULT_BATCH_SIZE
 from sdzero.files import atomic_write_text
 
 
@@ -56,8 +57,8 @@ def select_correct(questions: Sequence[Any], completions: Sequence[Sequence[Any]
 
 
 def run_rft(model_name: str, task: Any, questions: Sequence[Any], cfg: RFTConfig, sampling: Any, budget: Any,
-            system_prompt: str | None = None, generation_backend: str = "hf", generation_batch_size: int = 32,
-            seed: int = 0, dtype: str = "auto") -> dict[str, Any]:
+            system_prompt: str | None = None, generation_backend: str = "hf",
+            generation_batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, dtype: str = "auto") -> dict[str, Any]:
     """Sample within `budget` (a GenerationBudget, charged here), keep, train, save OUTPUT_DIR/model."""
     from dataclasses import replace
 

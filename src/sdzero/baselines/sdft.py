@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from sdzero.distill import DistillConfig, DistillTrainer
 from sdzero.errors import SDZeroError
+from sdzero.generation import DEFAULT_BATCH_SIZE
 
 DEMONSTRATION_TEMPLATE = ("{question}\n\nHere is a correct response to this question, as an example:\n"
                           "{demonstration}\n\nNow write a response of your own.")
@@ -66,8 +67,8 @@ class SDFTTrainer(DistillTrainer):
 
 
 def run_sdft(model_name: str, task: Any, questions: Sequence[Any], cfg: SDFTConfig, sampling: Any,
-             system_prompt: str | None = None, generation_backend: str = "hf", generation_batch_size: int = 32,
-             seed: int = 0) -> dict[str, Any]:
+             system_prompt: str | None = None, generation_backend: str = "hf",
+             generation_batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0) -> dict[str, Any]:
     """Train (resuming when a checkpoint exists) and save OUTPUT_DIR/model, as `run_distill` does."""
     from sdzero.chat import ControlPhrases
     from sdzero.distill import run_distill
