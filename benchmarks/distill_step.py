@@ -15,6 +15,8 @@ the other. Reported apart:
   its teacher sequence is shorter than sdzero's by one copy of y: a difference in TRL's favour).
 Modes: top-k (k=64, 0.5 forward + 0.5 reverse, both sides) and full vocabulary (same mix); sdzero also
 with activation checkpointing (`--gradient_checkpointing`), which trades compute for memory.
+Then where each sdzero step's time goes: generation, teacher forward, student forward with the loss (and
+the teacher's log-probs of the targets), backward, optimizer, and the rest.
 Numbers: response tokens per second over --steps timed steps (after one warm-up step); the peak resident
 memory of a step above the process's resident memory just before it, measured on the second step, once
 the optimizer state exists (model, teacher copy and optimizer state are each side's baseline; workers run
@@ -114,6 +116,40 @@ def fixed_responses(tokenizer, batch, length, seed=0):
     return out
 
 
+def time_parts(trainer) -> dict[str, float]:
+    """Wrap the step's parts so each adds its seconds to the returned dict: generation, the teacher's forward
+    pass, the student's forward pass with the loss (and the teacher's log-probs of the targets), backward,
+    and the optimizer step."""
+    import contextlib
+
+    parts = {"generation": 0.0, "teacher forward": 0.0, "student forward, loss, teacher log-probs": 0.0,
+             "backward": 0.0, "optimizer": 0.0}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                parts[name] += time.perf_counter() - t0
+        return wrapper
+
+    weights = trainer.teacher.weights
+
+    @contextlib.contextmanager
+    def timed_weights(*a, **k):
+        with weights(*a, **k) as teacher:
+            yield timed("teacher forward", teacher)
+
+    trainer.teacher.weights = timed_weights
+    trainer.rollouts = timed("generation", trainer.rollouts)
+    # divergence() holds the teacher's pass too: its share is taken off once the steps are done
+    trainer.divergence = timed("student forward, loss, teacher log-probs", trainer.divergence)
+    trainer.acc.backward = timed("backward", trainer.acc.backward)
+    trainer.optimizer.step = timed("optimizer", trainer.optimizer.step)
+    return parts
+
+
 def run_sdzero(args, mode, with_generation, checkpointing=False):
     trainer, torch = setup_sdzero(args, mode, checkpointing)
     if not with_generation:
@@ -125,6 +161,7 @@ def run_sdzero(args, mode, with_generation, checkpointing=False):
     trainer.train_step(0)  # warm-up: creates the optimizer state
     with PeakRSS() as mem:
         trainer.train_step(1)
+    parts = time_parts(trainer)
     t0 = time.perf_counter()
     tokens = 0
     for s in range(2, 2 + args.steps):
@@ -133,8 +170,11 @@ def run_sdzero(args, mode, with_generation, checkpointing=False):
     wall = time.perf_counter() - t0
     student_tokens = sum(len(p) for p in trainer.prompt_ids[: args.batch]) + args.batch * args.length
     teacher_tokens = student_tokens + args.batch * (args.length + len(trainer.suffix[0.0]))
+    parts["student forward, loss, teacher log-probs"] -= parts["teacher forward"]
+    parts["other (pairs, logging, heat-maps, clipping)"] = wall - sum(parts.values())
     return {"tokens_per_s": tokens / wall, "step_s": wall / args.steps, "peak_mb": mem.above_base_mb,
-            "flops": 6 * n_params * student_tokens + 2 * n_params * teacher_tokens}
+            "flops": 6 * n_params * student_tokens + 2 * n_params * teacher_tokens,
+            "parts": {k: v / args.steps for k, v in parts.items()}}
 
 
 def run_trl(args, mode, with_generation):
@@ -274,6 +314,13 @@ def main() -> None:
                     mfu = f"{mfu_a:11.1%} {mfu_b:8.1%}"
                 print(f"{impl:<12} {mode:<6} {gen:<11} {a['tokens_per_s'] / b['tokens_per_s']:14.2f}x "
                       f"{a['peak_mb'] / max(b['peak_mb'], 1e-9):17.2f}x {mfu}")
+    print("\nwhere an sdzero step goes (seconds per step, share of the step):")
+    for (impl, mode, gen), r in results.items():
+        if impl == "trl":
+            continue
+        shares = ", ".join(f"{name} {sec:.2f} ({sec / r['step_s']:.0%})" for name, sec in r["parts"].items()
+                           if sec > 0.005)
+        print(f"  {impl}/{mode}/generation {gen}: {shares}")
 
 
 if __name__ == "__main__":
