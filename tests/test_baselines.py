@@ -196,6 +196,23 @@ def test_sdft_teacher_reads_the_demonstration_and_scores_the_same_response(token
         SDFTConfig(demonstration_template="no placeholders").validate()
 
 
+def test_sdft_demonstrates_the_worked_arithmetic_not_only_the_answer():
+    """On the embedded task the demonstration is the expression with its value, in the prompt's answer format
+    (issue 18: "The final answer is A." alone is not the paper's SDFT)."""
+    from sdzero.baselines.sdft import SDFTConfig, teacher_message
+    from sdzero.config import TaskConfig
+    from sdzero.tasks import load_task
+
+    task = load_task(TaskConfig())  # the embedded default: reasoning-gym basic_arithmetic
+    for q in task.pool(20):
+        expression = q.meta["entry"]["metadata"]["expression"]
+        assert q.solution == f"{expression} = {q.answer}\nAnswer: {q.answer}"
+        assert task.reward(q, q.solution) == 1.0  # the demonstration is graded right
+        message = teacher_message(q, SDFTConfig())
+        assert f"{expression} = {q.answer}" in message and "The final answer is" not in message
+    assert load_task(TaskConfig(task="rg:gcd")).pool(3)[0].solution is None  # no expression recorded: the answer
+
+
 def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_path, capsys):
     from test_pipeline import ARGS
 

@@ -5,8 +5,9 @@ Student: chat(x) + y. Teacher: chat(x + demonstration) + y, the same weights (fr
 Phase 2) with a demonstration of a correct answer in the user turn. Everything else (rollouts, the
 token-level divergence, checkpoints, `accelerate launch`) is the Phase-2 trainer's (`sdzero.distill`).
 
-The demonstration is the task's gold solution when it has one (`Question.solution`), else a sentence
-giving the final answer (reasoning-gym tasks have only the answer).
+The demonstration is the task's gold solution when it has one (`Question.solution`: a dataset's worked
+solution such as GSM8K's, the expression and its value for reasoning-gym arithmetic), else a sentence
+giving the final answer.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ Notes:
   only at a score of 1.0.
 - The answer is extracted from the response first (see `sdzero.verifiers.answers`); for tasks whose gold
   answers are numbers, the last number of the extracted answer is what the scorer sees.
+- Generators that record the expression they ask about (basic_arithmetic, chain_sum, ...) give a worked
+  solution, the expression and its value in the prompt's answer format: SDFT's demonstration.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class ReasoningGymTask(Task):
             for i in range(min(self._max_index, 50 * n + 1000)):
                 entry = self.dataset[i]
                 yield Question(id=f"{self.generator}-s{self.seed}-{i}", prompt=self.format_prompt(entry["question"]),
-                               answer=str(entry["answer"]), meta={"entry": entry})
+                               answer=str(entry["answer"]), solution=worked_solution(entry), meta={"entry": entry})
 
         return self.first_distinct(candidates(), n)
 
@@ -76,3 +78,14 @@ class ReasoningGymTask(Task):
         except Exception:  # a scorer choking on odd model output is a wrong answer, not a crash
             return 0.0
         return 1.0 if score is not None and float(score) >= 1.0 else 0.0
+
+
+def worked_solution(entry: dict[str, Any]) -> str | None:
+    """The expression an arithmetic item asks about, with its value and the answer line the default prompt
+    asks for; None for generators that record no expression."""
+    expression = (entry.get("metadata") or {}).get("expression")
+    if not isinstance(expression, str) or not expression.strip():
+        return None
+    answer = str(entry["answer"])
+    return f"{expression.strip()} = {answer}\nAnswer: {answer}"
+
