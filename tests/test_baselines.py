@@ -246,7 +246,7 @@ def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_
     assert printed.count("done before, skipped") == 3 and "suite" not in printed.replace("report/suite", "")
     # Another Phase-2 setting is refused here (a run alone would redo Phase 2): the baselines were matched to it.
     assert main([*argv, "--distill_max_steps", "3"]) == 2
-    assert "other settings (distill_max_steps)" in capsys.readouterr().err
+    assert "other settings (distill_max_steps: 2 then, 3 now)" in capsys.readouterr().err
     # The archive (numbers only, no models or responses) rebuilds the same table.
     archive = tmp_path / "archive"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "archive_compare.py"), str(out), str(archive)],

@@ -41,7 +41,8 @@ def test_run_goes_through_every_stage_and_reports(tiny_model_dir, tmp_path, caps
     assert capsys.readouterr().out.count("skipped") == 7
     # Started again with another shared setting: refused (every stage depends on it).
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS, "--temperature", "0.9"]) == 2
-    assert "other settings (temperature)" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the values then and now, so the user can resume with the earlier ones
+    assert "other settings (temperature: 1.0 then, 0.9 now)" in err and "Pass the earlier values" in err
     # With another Phase-2 setting: Phase 2 and the stages after it are redone, the others kept, and the old
     # Phase-2 outputs move to superseded/ with the settings they were made under (a sweep keeps every point).
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS, "--distill_max_steps",

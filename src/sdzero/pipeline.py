@@ -240,9 +240,10 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig, rerun_stale
         changed = sorted(k for k in set(settings) | set(stored) if stored.get(k) != settings.get(k))
         found = stages_changed_by(changed)
         if found is None or (found and not rerun_stale):
-            raise SDZeroError(f"{out} holds a run made with other settings ({', '.join(changed)})"
+            then_now = ", ".join(f"{k}: {stored.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
+            raise SDZeroError(f"{out} holds a run made with other settings ({then_now})"
                               + (", which every stage depends on" if found is None else "")
-                              + ". Use another --output_dir, or delete this one")
+                              + ". Pass the earlier values to resume it, use another --output_dir, or delete it")
         stale = [s for s in found if s in state or (out / STAGE_OUTPUTS[s]).exists()]
     ctx = Context(mc, tc, gc, rc)
     srt_model, sdzero_model = out / "srt" / "model", out / "distill" / "model"

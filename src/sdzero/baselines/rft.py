@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sdzero.errors import SDZeroError
-from sdzero.generation import DEFAULT_BATCH_SIZE
 from sdzero.files import atomic_write_text
+from sdzero.generation import DEFAULT_BATCH_SIZE
 
 
 @dataclass
