@@ -179,9 +179,20 @@ def cmd_compare(argv: list[str]) -> int:
     return 0
 
 
+def cmd_findings(argv: list[str]) -> int:
+    from sdzero.findings import FindingsConfig, write_findings
+
+    (cfg,) = _parse((FindingsConfig,), argv, "sdzero findings")
+    path = write_findings(cfg)
+    print(path.read_text())
+    print(f"findings: {path} (and findings.json)")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run": (cmd_run, "the whole pipeline: eval base, Phase 1, eval, Phase 2, eval, report (the main job)"),
     "compare": (cmd_compare, "base, RFT, GRPO, SDFT, SRT and SD-Zero at matched generation budgets, over seeds"),
+    "findings": (cmd_findings, "the paper's findings as verdicts (holds, does not hold, inconclusive) from a compare"),
     "eval": (cmd_eval, "evaluate a model: avg@k, pass@k, greedy accuracy, correction rate, response length"),
     "collect": (cmd_collect, "Phase 1a: drafts, verified revisions, kept self-revision tuples"),
     "srt": (cmd_srt, "Phase 1b: Self-Revision Training on the kept tuples (L_revision + L_generation)"),
