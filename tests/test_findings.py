@@ -8,21 +8,24 @@ import pytest
 from sdzero.cli import main
 from sdzero.errors import SDZeroError
 from sdzero.findings import (FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, FindingsConfig, bootstrap_difference,
-                             bootstrap_mean, combine, compute_findings, verdict)
+                             bootstrap_mean, cluster_bootstrap, combine, compute_findings, mean, verdict)
 
 
-def eval_report(accuracy: float, rng: random.Random, n: int = 60, tokens: float = 40.0, wrong: int = 100,
-                correction: float = 0.1, resample: float = 0.1) -> dict:
-    questions = [{"id": f"q{i}", "rewards": [float(rng.random() < accuracy) for _ in range(2)]} for i in range(n)]
-    return {"questions": questions, "metrics": {"mean_response_tokens": tokens, "wrong_drafts": wrong,
-                                                "correction_rate": correction, "resample_accuracy_on_wrong": resample}}
+def eval_report(accuracy: float, rng: random.Random, n: int = 60, tokens: float = 40.0, fix: float = 0.1) -> dict:
+    """k = 2 samples per question; a wrong draft is fixed after "start over" with probability `fix`."""
+    questions = []
+    for i in range(n):
+        rewards = [float(rng.random() < accuracy) for _ in range(2)]
+        revisions = [r if r else float(rng.random() < fix) for r in rewards]
+        questions.append({"id": f"q{i}", "rewards": rewards, "revision_rewards": revisions})
+    return {"questions": questions, "metrics": {"mean_response_tokens": tokens}}
 
 
 def make_compare(root, seeds=(0, 1), methods=None, heatmaps=True, same_draws=False):
-    """Seed folders as `sdzero compare` writes them; `same_draws`: every method gets the same random draws
-    (equal accuracies then give identical rewards)."""
+    """Seed folders as `sdzero compare` writes them; `same_draws`: every method and seed gets the same
+    random draws (equal accuracies then give identical rewards)."""
     rng = random.Random(0)
-    methods = methods or {"base": dict(accuracy=0.2, correction=0.02), "srt": dict(accuracy=0.7, correction=0.3),
+    methods = methods or {"base": dict(accuracy=0.2, fix=0.02), "srt": dict(accuracy=0.7, fix=0.6),
                           "sdzero": dict(accuracy=0.4, tokens=15.0), "rft": dict(accuracy=0.8),
                           "grpo": dict(accuracy=0.8), "sdft": dict(accuracy=0.8)}
     for seed in seeds:
@@ -31,7 +34,7 @@ def make_compare(root, seeds=(0, 1), methods=None, heatmaps=True, same_draws=Fal
         for method, kw in methods.items():
             path = folder / "sdzero" / f"eval-{method}.json" if method in ("base", "srt", "sdzero") else \
                 folder / f"eval-{method}.json"
-            path.write_text(json.dumps(eval_report(rng=random.Random(seed) if same_draws else rng, **kw)))
+            path.write_text(json.dumps(eval_report(rng=random.Random(0) if same_draws else rng, **kw)))
         if heatmaps:  # wrong responses: KL on one token; correct ones: flat
             selfloc = folder / "sdzero" / "distill" / "selfloc"
             selfloc.mkdir(parents=True)
@@ -47,22 +50,50 @@ def test_the_verdict_rule_and_its_statistics():
     assert combine([HOLDS, INCONCLUSIVE]) == INCONCLUSIVE
     d, lo, hi = bootstrap_difference([1.0] * 30 + [0.0] * 10, [1.0] * 10 + [0.0] * 30, 500)
     assert d == pytest.approx(0.5) and 0 < lo < d < hi < 1
-    mean, lo, hi = bootstrap_mean([0.0, 1.0] * 50, 500)
-    assert lo < mean == 0.5 < hi and bootstrap_mean([0.0, 1.0] * 50, 500) == (mean, lo, hi)  # seeded
+    m, lo, hi = bootstrap_mean([0.0, 1.0] * 50, 500)
+    assert lo < m == 0.5 < hi and bootstrap_mean([0.0, 1.0] * 50, 500) == (m, lo, hi)  # seeded
+
+
+def test_seeds_that_repeat_their_questions_add_no_certainty():
+    """Seeds share the held-out questions: three seeds with the very same per-question values must give the
+    one-seed interval (a bootstrap over (question, seed) pairs would narrow it by ~sqrt(3))."""
+    rng = random.Random(1)
+    values = [rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0]) + 0.1 for _ in range(100)]
+    one = cluster_bootstrap([[v] for v in values], mean, 2000)
+    three = cluster_bootstrap([[v, v, v] for v in values], mean, 2000)
+    assert three == pytest.approx(one)
+    pooled = bootstrap_mean(values * 3, 2000)
+    assert pooled[2] - pooled[1] < 0.75 * (one[2] - one[1])
 
 
 def test_findings_on_a_compare_with_known_answers(tmp_path):
     """SRT far above base, SD-Zero between them, every baseline above SD-Zero, KL concentrated on wrong
-    responses, correction 0.30 after SRT vs 0.02 for base and 0.10 for a fresh sample."""
-    found = {f.key: f for f in compute_findings(make_compare(tmp_path), 500)}
+    responses, 60% of SRT's wrong drafts fixed vs 2% of the base model's and ~70% fresh-sample accuracy."""
+    found, seeds = compute_findings(make_compare(tmp_path), 500)
+    found = {f.key: f for f in found}
+    assert seeds == [0, 1]
     assert found["a"].verdict == HOLDS  # SRT gives all of the gain and more
     assert found["b"].verdict == FAILS  # SD-Zero below SRT, though the length ratio (0.375) halves
     assert found["b"].parts["length_ratio"]["verdict"] == HOLDS
     assert found["c"].verdict == HOLDS
     assert found["f"].verdict == FAILS and set(found["f"].parts) == {"sdzero_minus_rft", "sdzero_minus_grpo",
                                                                        "sdzero_minus_sdft"}
-    assert found["g"].verdict == HOLDS
+    assert found["g"].parts["srt_minus_base"]["verdict"] == HOLDS
+    assert found["g"].parts["srt_minus_resample"]["verdict"] == INCONCLUSIVE  # 0.6 vs a fresh sample's ~0.7
     assert [found[k].verdict for k in "dehi"] == [NOT_MEASURED] * 4
+
+
+def test_srt_with_under_half_of_the_gain_does_not_give_most_of_it(tmp_path):
+    """base 0.2 -> SRT 0.3 -> SD-Zero 0.8: SRT's 10 points are a fifth of the gain, so (a) does not hold;
+    only RFT ran, so (f) cannot hold."""
+    methods = {"base": dict(accuracy=0.2), "srt": dict(accuracy=0.3), "sdzero": dict(accuracy=0.8),
+               "rft": dict(accuracy=0.4)}
+    found, _ = compute_findings(make_compare(tmp_path, seeds=(0, 1, 2), methods=methods, heatmaps=False), 500)
+    found = {f.key: f for f in found}
+    assert found["a"].verdict == FAILS and found["a"].parts["srt_gain_minus_phase2_gain"]["verdict"] == FAILS
+    assert found["b"].verdict == FAILS  # more accurate, but longer is not halved (ratio 1.0)
+    assert found["f"].parts["sdzero_minus_rft"]["verdict"] == HOLDS
+    assert found["f"].verdict == INCONCLUSIVE and "grpo: not run" in found["f"].ours  # two baselines missing
 
 
 def test_findings_command_writes_the_rule_and_the_table(tmp_path, capsys):
@@ -71,21 +102,25 @@ def test_findings_command_writes_the_rule_and_the_table(tmp_path, capsys):
                                     "sdzero": dict(accuracy=0.3)})
     assert main(["findings", "--compare_dir", str(compare), "--bootstrap", "300"]) == 0
     md = (compare / "report" / "findings.md").read_text()
-    assert "Verdict rule (fixed before any result was read)" in md and "| a |" in md and "| i |" in md
+    assert "Verdict rule" in md and "cluster bootstrap" in md and "| a |" in md and "| i |" in md
     data = json.loads((compare / "report" / "findings.json").read_text())
     found = {f["key"]: f for f in data["findings"]}
     assert found["a"]["verdict"] == INCONCLUSIVE  # identical rewards: every difference is 0
-    assert found["c"]["verdict"] == found["f"]["verdict"] == NOT_MEASURED  # no heat-maps, no baselines
+    assert found["c"]["verdict"] == NOT_MEASURED  # no heat-maps
     assert data["seeds"] == [0, 1]
 
 
 def test_findings_refuse_folders_they_cannot_read(tmp_path):
     with pytest.raises(SDZeroError, match="holds no evaluated seed"):
         compute_findings(tmp_path, 100)
-    (tmp_path / "seed-0" / "sdzero").mkdir(parents=True)
-    (tmp_path / "seed-0" / "sdzero" / "eval-base.json").write_text(json.dumps({"metrics": {"avg@2": 0.2}}))
-    (tmp_path / "seed-0" / "sdzero" / "eval-srt.json").write_text(json.dumps({"metrics": {"avg@2": 0.3}}))
-    with pytest.raises(SDZeroError, match="archived compare keeps only metrics"):
+    run = tmp_path / "seed-0" / "sdzero"
+    run.mkdir(parents=True)
+    (run / "eval-base.json").write_text(json.dumps({"metrics": {"avg@2": 0.2}}))
+    with pytest.raises(SDZeroError, match="eval-base.json has no per-question results"):
+        compute_findings(tmp_path, 100)
+    (run / "eval-base.json").write_text(json.dumps(eval_report(0.3, random.Random(0))))
+    (run / "eval-srt.json").write_text(json.dumps(eval_report(0.3, random.Random(0), n=50)))
+    with pytest.raises(SDZeroError, match="not on the same questions"):
         compute_findings(tmp_path, 100)
     with pytest.raises(SDZeroError, match="bootstrap must be at least 100"):
         FindingsConfig(bootstrap=5).validate()
