@@ -100,7 +100,7 @@ def test_findings_command_writes_the_rule_and_the_table(tmp_path, capsys):
     compare = make_compare(tmp_path / "compare", heatmaps=False, same_draws=True,
                            methods={"base": dict(accuracy=0.3), "srt": dict(accuracy=0.3),
                                     "sdzero": dict(accuracy=0.3)})
-    assert main(["findings", "--compare_dir", str(compare), "--bootstrap", "300"]) == 0
+    assert main(["findings", "--compare_dir", str(compare), "--bootstrap", "300", "--variants", "none"]) == 0
     md = (compare / "report" / "findings.md").read_text()
     assert "Verdict rule" in md and "cluster bootstrap" in md and "| a |" in md and "| i |" in md
     data = json.loads((compare / "report" / "findings.json").read_text())
@@ -108,6 +108,9 @@ def test_findings_command_writes_the_rule_and_the_table(tmp_path, capsys):
     assert found["a"]["verdict"] == INCONCLUSIVE  # identical rewards: every difference is 0
     assert found["c"]["verdict"] == NOT_MEASURED  # no heat-maps
     assert data["seeds"] == [0, 1]
+    # The variants fork each seed's finished run: a compare without one is refused before any work.
+    assert main(["findings", "--compare_dir", str(compare)]) == 2
+    assert "has not finished eval-base, collect" in capsys.readouterr().err
 
 
 def test_findings_refuse_folders_they_cannot_read(tmp_path):
@@ -124,3 +127,39 @@ def test_findings_refuse_folders_they_cannot_read(tmp_path):
         compute_findings(tmp_path, 100)
     with pytest.raises(SDZeroError, match="bootstrap must be at least 100"):
         FindingsConfig(bootstrap=5).validate()
+
+
+def test_findings_runs_its_variants_forked_from_the_compare_run(tiny_model_dir, tmp_path, capsys):
+    """A compare seed's run (a tiny `sdzero run`) forked into the variants (d) and (h) need: the kept stages
+    are the compare's own (linked, never rewritten), the changed ones run anew, and the rows get verdicts.
+    Started again, nothing is redone."""
+    from test_pipeline import ARGS
+
+    compare = tmp_path / "compare"
+    run = compare / "seed-0" / "sdzero"
+    assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(run), *ARGS]) == 0
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    argv = ["findings", "--compare_dir", str(compare), "--bootstrap", "200",
+            "--variants", "frozen-long,sync-long,srt-revision-only"]
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before  # the compare's run untouched
+    variants = compare / "variants"
+    frozen, sync, revision = (variants / v / "seed-0" for v in ("frozen-long", "sync-long", "srt-revision-only"))
+    assert (frozen / "srt").is_symlink() and (frozen / "srt").resolve() == (run / "srt").resolve()
+    assert (revision / "phase1").is_symlink() and not (revision / "srt").is_symlink()
+    steps = [json.loads(line)["step"] for line in (sync / "distill" / "log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 3 * 2  # 3x the compare's 2 Phase-2 steps
+    stages = json.loads((sync / "stages.json").read_text())
+    assert stages["settings"]["distill_teacher"] == "sync" and "eval-sdzero" in stages and "report" not in stages
+    assert (revision / "eval-srt.json").is_file() and not (revision / "distill").exists()
+    data = json.loads((compare / "report" / "findings.json").read_text())
+    found = {f["key"]: f for f in data["findings"]}
+    assert found["d"]["verdict"] != NOT_MEASURED and "sync_minus_frozen" in found["d"]["parts"]
+    assert "srt_minus_revision_only" in found["h"]["parts"] and found["h"]["verdict"] != HOLDS  # a term missing
+    capsys.readouterr()
+    assert main(argv) == 0  # started again: every variant's stages are done
+    printed = capsys.readouterr()
+    assert (printed.out + printed.err).count("done before") >= 3 * 2  # each variant's stages, none run again
+    assert json.loads((sync / "stages.json").read_text()) == stages
+    with pytest.raises(SDZeroError, match="unknown variants"):
+        FindingsConfig(variants="frozen-long,bogus").validate()

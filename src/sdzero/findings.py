@@ -5,10 +5,12 @@ RULE below, which was written down before any result was read and which findings
 was made exact, and the pairs' bootstrap became a cluster bootstrap over questions, after one partial run
 on seed 0 and a review; no threshold moved).
 
+Findings (d) self-evolution and (h) each SRT loss term alone need runs that `sdzero compare` does not make:
+the command runs them first (VARIANTS, each forked from a compare seed's run, resumable). (e) Phase 2 from
+the base model and (i) sample efficiency are not built yet: their rows say "not measured".
+
 Simplifications, stated here: heat-map rows (c) are the few responses per step the Phase-2 trainer draws
 for its heat-maps (8 by default, at its first and last step), pooled over seeds as independent rows.
-Findings (d) self-evolution, (e) Phase 2 from the base model, (h) each SRT loss term alone and (i) sample
-efficiency need runs that `sdzero compare` does not make; their rows say "not measured" until they are run.
 """
 
 from __future__ import annotations
@@ -50,10 +52,23 @@ class FindingsConfig:
     output_dir: str | None = field(default=None, metadata={
         "help": "Where findings.md and findings.json go; default: COMPARE_DIR/report."})
     bootstrap: int = field(default=10_000, metadata={"help": "Bootstrap resamples per interval."})
+    variants: str = field(default="all", metadata={
+        "help": "The runs some findings need, forked from each compare seed's run (resumable): all, none, or a "
+                "comma list of frozen-long, sync-long (d), srt-revision-only, srt-generation-only (h)."})
 
     def validate(self) -> None:
         if self.bootstrap < 100:
             raise SDZeroError(f"bootstrap must be at least 100, not {self.bootstrap}")
+        self.variant_list()
+
+    def variant_list(self) -> list[str]:
+        if self.variants in ("all", "none"):
+            return list(VARIANTS) if self.variants == "all" else []
+        names = [v.strip() for v in str(self.variants).split(",") if v.strip()]
+        unknown = [v for v in names if v not in VARIANTS]
+        if unknown:
+            raise SDZeroError(f"unknown variants {unknown}; choose from all, none, {', '.join(VARIANTS)}")
+        return names
 
 
 # --- statistics -------------------------------------------------------------------------------------------
@@ -167,6 +182,93 @@ def by_question(seeds: dict[int, dict[str, Any]], methods: Sequence[str],
             for qid in sorted(entries[0]):
                 clusters.setdefault(qid, []).append(fn(*(e[qid] for e in entries)))
     return list(clusters.values()), used
+
+
+# --- the runs some findings need -------------------------------------------------------------------------
+# Each is a `sdzero run` forked from a compare seed's run: the stages up to KEEP are that run's own (linked,
+# not copied), the settings below changed, the later stages run anew in COMPARE_DIR/variants/NAME/seed-N.
+LONG_PHASE2 = 3  # (d): Phase 2 this many times the compare's steps, so that a plateau can show
+
+
+def _long(settings: dict[str, Any]) -> dict[str, Any]:
+    return {"distill_max_steps": LONG_PHASE2 * int(settings["distill_max_steps"])}
+
+
+def _sync_long(settings: dict[str, Any]) -> dict[str, Any]:
+    # the teacher becomes the student where the compare's Phase 2 ended, and as often again after
+    return {**_long(settings), "distill_teacher": "sync",
+            "distill_teacher_sync_steps": int(settings["distill_max_steps"])}
+
+
+VARIANTS: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]], str]] = {
+    # name: (last stage kept from the compare's run, the changed settings, the last stage run)
+    "frozen-long": ("eval-srt", _long, "eval-sdzero"),
+    "sync-long": ("eval-srt", _sync_long, "eval-sdzero"),
+    "srt-revision-only": ("collect", lambda s: {"srt_generation_loss": False}, "eval-srt"),
+    "srt-generation-only": ("collect", lambda s: {"srt_revision_loss": False}, "eval-srt"),
+}
+
+
+def kept_stages(source: Path, keep_until: str) -> list[str]:
+    """The stages a fork of `source` keeps; refused when `source` has not finished them."""
+    from sdzero.runfolder import STAGES, read_stages
+
+    keep = STAGES[: STAGES.index(keep_until) + 1]
+    missing = [s for s in keep if s not in read_stages(source)]
+    if missing:
+        raise SDZeroError(f"{source} has not finished {', '.join(missing)}: run `sdzero compare` to the end first")
+    return keep
+
+
+def fork_run(source: Path, target: Path, keep_until: str) -> None:
+    """A run folder whose stages up to `keep_until` are `source`'s: their outputs linked, their records and
+    settings copied (so the pipeline sees only the changed settings as new). Done once; a fork that exists
+    is left as it is (its run resumes)."""
+    from sdzero.runfolder import STAGE_OUTPUTS, read_stages, write_stages
+
+    if (target / "stages.json").exists():
+        return
+    state = read_stages(source)
+    keep = kept_stages(source, keep_until)
+    target.mkdir(parents=True, exist_ok=True)
+    for stage in keep:
+        link = target / STAGE_OUTPUTS[stage]
+        if not link.exists():
+            link.symlink_to((source / STAGE_OUTPUTS[stage]).resolve())
+    write_stages(target, {"settings": state["settings"], **{s: state[s] for s in keep}})  # last: the fork's mark
+
+
+def run_variant(compare_dir: Path, seed: int, name: str) -> Path:
+    """Fork seed `seed`'s run and run the variant's stages; returns its folder."""
+    from dataclasses import fields, replace
+
+    from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig
+    from sdzero.pipeline import RunConfig, run_pipeline
+    from sdzero.runfolder import read_stages
+
+    keep, changes, last = VARIANTS[name]
+    source, target = compare_dir / f"seed-{seed}" / "sdzero", compare_dir / "variants" / name / f"seed-{seed}"
+    fork_run(source, target, keep)
+    settings = {**read_stages(source)["settings"]}
+    settings.update(changes(settings))
+
+    def make(cls: type) -> Any:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in settings.items() if k in names})
+
+    cfg = replace(make(RunConfig), output_dir=str(target), stop_after=last)
+    run_pipeline(make(ModelConfig), make(TaskConfig), make(GenerationConfig), make(RevisionConfig), cfg)
+    return target
+
+
+def variant_reports(compare_dir: Path, name: str, stage: str) -> dict[int, dict[str, Any]]:
+    """{seed: the variant's evaluation report of `stage` (srt or sdzero)} for the seeds that have it."""
+    out = {}
+    for seed, folder in _seed_folders(compare_dir / "variants" / name).items():
+        f = folder / f"eval-{stage}.json"
+        if f.is_file():
+            out[seed] = json.loads(f.read_text())
+    return out
 
 
 # --- the findings ---------------------------------------------------------------------------------------
@@ -328,11 +430,36 @@ def finding_g(seeds: dict[int, dict[str, Any]], boots: int) -> Finding:
     return _finish(f, parts, ["srt_minus_base", "srt_minus_resample"])
 
 
+def _with_variants(seeds: dict[int, dict[str, Any]], compare_dir: Path,
+                   names: dict[str, tuple[str, str]]) -> dict[int, dict[str, Any]]:
+    """The compare's reports plus each variant's, as methods named by `names` ({method: (variant, stage)})."""
+    merged = {seed: dict(per_method) for seed, per_method in seeds.items()}
+    for method, (variant, stage) in names.items():
+        for seed, report in variant_reports(compare_dir, variant, stage).items():
+            merged.setdefault(seed, {})[method] = report
+    return merged
+
+
+def finding_d(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -> Finding:
+    f = Finding("d", f"Iterative self-evolution: a teacher synced to the student adds accuracy over a frozen teacher "
+                f"over the same Phase 2 ({LONG_PHASE2}x the compare's steps)", "+3 points after a sync at ~step 400")
+    both = _with_variants(seeds, compare_dir, {"sync": ("sync-long", "sdzero"), "frozen": ("frozen-long", "sdzero")})
+    part = _accuracy_part(both, "sync - frozen", ("sync", "frozen"), lambda a, b: a - b, boots)
+    return _finish(f, [part], ["sync_minus_frozen"])
+
+
+def finding_h(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -> Finding:
+    f = Finding("h", "L_revision + L_generation beats either term alone (the SRT models)",
+                "Table 11: 57.6 vs 52.2 and 56.4")
+    merged = _with_variants(seeds, compare_dir, {"revision-only": ("srt-revision-only", "srt"),
+                                                 "generation-only": ("srt-generation-only", "srt")})
+    parts = [_accuracy_part(merged, f"srt - {m}", ("srt", m), lambda a, b: a - b, boots)
+             for m in ("revision-only", "generation-only")]
+    return _finish(f, parts, ["srt_minus_revision_only", "srt_minus_generation_only"])
+
+
 NOT_YET = [
-    Finding("d", "Iterative self-evolution: syncing the teacher at a plateau adds accuracy over a frozen teacher "
-            "run for the same steps", "+3 points after a sync at ~step 400"),
     Finding("e", "Phase 2 without SRT (from the base model) barely helps", "Qwen3-4B: 49.8 -> 51.4"),
-    Finding("h", "L_revision + L_generation beats either term alone", "Table 11: 57.6 vs 52.2 and 56.4"),
     Finding("i", "Sample efficiency: SD-Zero reaches each baseline's final accuracy with fewer generations",
             "SD-Zero 49K generations vs 60K for the baselines"),
 ]
@@ -342,17 +469,28 @@ def compute_findings(compare_dir: Path, boots: int) -> tuple[list[Finding], list
     """Every finding (those a compare cannot answer say not measured), and the seeds read."""
     seeds = read_compare(compare_dir)
     found = [finding_a(seeds, boots), finding_b(seeds, boots), finding_c(compare_dir, list(seeds), boots),
-             finding_f(seeds, boots), finding_g(seeds, boots)]
+             finding_d(seeds, compare_dir, boots), finding_f(seeds, boots), finding_g(seeds, boots),
+             finding_h(seeds, compare_dir, boots)]
     found += [Finding(f.key, f.claim, f.paper) for f in NOT_YET]
     return sorted(found, key=lambda f: f.key), list(seeds)
 
 
 def write_findings(cfg: FindingsConfig) -> Path:
-    """Compute every finding the compare folder can answer; write findings.md and findings.json."""
+    """Run the variants (resuming), then compute every finding; write findings.md and findings.json."""
+    from sdzero.logs import info
+
     cfg.validate()
     compare_dir = Path(cfg.compare_dir)
     if not compare_dir.is_dir():
         raise SDZeroError(f"compare_dir {compare_dir} is not a folder")
+    compare_seeds = list(read_compare(compare_dir))  # a folder findings cannot read fails before any run
+    for name in cfg.variant_list():  # so does a seed whose run is not finished
+        for seed in compare_seeds:
+            kept_stages(compare_dir / f"seed-{seed}" / "sdzero", VARIANTS[name][0])
+    for name in cfg.variant_list():
+        for seed in compare_seeds:
+            info(f"[findings] seed {seed}: {name}")
+            run_variant(compare_dir, seed, name)
     found, seeds = compute_findings(compare_dir, cfg.bootstrap)
     out = Path(cfg.output_dir) if cfg.output_dir else compare_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
