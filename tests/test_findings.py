@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from sdzero.cli import main
 from sdzero.errors import SDZeroError
@@ -140,7 +141,7 @@ def test_findings_runs_its_variants_forked_from_the_compare_run(tiny_model_dir, 
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(run), *ARGS]) == 0
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     argv = ["findings", "--compare_dir", str(compare), "--bootstrap", "200",
-            "--variants", "frozen-long,sync-long,srt-revision-only"]
+            "--variants", "frozen-long,sync-long,srt-revision-only,phase2-from-base"]
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before  # the compare's run untouched
     variants = compare / "variants"
@@ -152,14 +153,24 @@ def test_findings_runs_its_variants_forked_from_the_compare_run(tiny_model_dir, 
     stages = json.loads((sync / "stages.json").read_text())
     assert stages["settings"]["distill_teacher"] == "sync" and "eval-sdzero" in stages and "report" not in stages
     assert (revision / "eval-srt.json").is_file() and not (revision / "distill").exists()
+    # Phase 2 from the base model: the "SRT model" is the base model's weights, unchanged (--srt_skip).
+    from transformers import AutoModelForCausalLM
+
+    from_base = variants / "phase2-from-base" / "seed-0"
+    skipped = AutoModelForCausalLM.from_pretrained(from_base / "srt" / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert all(torch.equal(a, b.to(a.dtype)) for a, b in zip(skipped.state_dict().values(), base.state_dict().values()))
+    assert json.loads((from_base / "srt" / "model" / "sdzero.json").read_text())["skipped"] is True
+    assert (from_base / "eval-sdzero.json").is_file()
     data = json.loads((compare / "report" / "findings.json").read_text())
     found = {f["key"]: f for f in data["findings"]}
     assert found["d"]["verdict"] != NOT_MEASURED and "sync_minus_frozen" in found["d"]["parts"]
     assert "srt_minus_revision_only" in found["h"]["parts"] and found["h"]["verdict"] != HOLDS  # a term missing
+    assert "sdzero_minus_phase2_from_base" in found["e"]["parts"] and found["e"]["verdict"] != NOT_MEASURED
     capsys.readouterr()
     assert main(argv) == 0  # started again: every variant's stages are done
     printed = capsys.readouterr()
-    assert (printed.out + printed.err).count("done before") >= 3 * 2  # each variant's stages, none run again
+    assert (printed.out + printed.err).count("done before") >= 4 * 2  # each variant's stages, none run again
     assert json.loads((sync / "stages.json").read_text()) == stages
     with pytest.raises(SDZeroError, match="unknown variants"):
         FindingsConfig(variants="frozen-long,bogus").validate()

@@ -5,9 +5,9 @@ RULE below, which was written down before any result was read and which findings
 was made exact, and the pairs' bootstrap became a cluster bootstrap over questions, after one partial run
 on seed 0 and a review; no threshold moved).
 
-Findings (d) self-evolution and (h) each SRT loss term alone need runs that `sdzero compare` does not make:
-the command runs them first (VARIANTS, each forked from a compare seed's run, resumable). (e) Phase 2 from
-the base model and (i) sample efficiency are not built yet: their rows say "not measured".
+Findings (d) self-evolution, (e) Phase 2 from the base model and (h) each SRT loss term alone need runs
+that `sdzero compare` does not make: the command runs them first (VARIANTS, each forked from a compare
+seed's run, resumable). (i) sample efficiency is not built yet: its row says "not measured".
 
 Simplifications, stated here: heat-map rows (c) are the few responses per step the Phase-2 trainer draws
 for its heat-maps (8 by default, at its first and last step), pooled over seeds as independent rows.
@@ -41,6 +41,7 @@ RULE = """\
   **inconclusive**: it crosses zero. A finding with several parts holds when every part holds, does not
   hold when any part does not, and is inconclusive otherwise (a part not measured counts as inconclusive).
 - "Roughly halves" is a ratio of at most 2/3 in every seed (does not hold: above 2/3 in every seed).
+- (e) "barely helps" (SRT is a prerequisite): SD-Zero minus Phase 2 run from the base model above zero.
 - (a) "most of the gain": the interval of SRT minus base above zero, and that of (SRT - base) - (SD-Zero -
   SRT) above zero, i.e. SRT's gain at least half of SD-Zero's whole gain over the base model. When Phase 2
   loses accuracy, SRT gives more than all of the gain and (a) holds; (b) says whether Phase 2 helps."""
@@ -54,7 +55,8 @@ class FindingsConfig:
     bootstrap: int = field(default=10_000, metadata={"help": "Bootstrap resamples per interval."})
     variants: str = field(default="all", metadata={
         "help": "The runs some findings need, forked from each compare seed's run (resumable): all, none, or a "
-                "comma list of frozen-long, sync-long (d), srt-revision-only, srt-generation-only (h)."})
+                "comma list of frozen-long, sync-long (d), phase2-from-base (e), srt-revision-only, "
+                "srt-generation-only (h)."})
 
     def validate(self) -> None:
         if self.bootstrap < 100:
@@ -206,6 +208,7 @@ VARIANTS: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]], str]]
     "sync-long": ("eval-srt", _sync_long, "eval-sdzero"),
     "srt-revision-only": ("collect", lambda s: {"srt_generation_loss": False}, "eval-srt"),
     "srt-generation-only": ("collect", lambda s: {"srt_revision_loss": False}, "eval-srt"),
+    "phase2-from-base": ("collect", lambda s: {"srt_skip": True}, "eval-sdzero"),
 }
 
 
@@ -448,6 +451,19 @@ def finding_d(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -
     return _finish(f, [part], ["sync_minus_frozen"])
 
 
+def finding_e(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -> Finding:
+    f = Finding("e", "Phase 2 without SRT (from the base model) barely helps: SD-Zero beats it",
+                "Qwen3-4B: base 49.8 -> Phase 2 alone 51.4, SD-Zero 60.3")
+    merged = _with_variants(seeds, compare_dir, {"from-base": ("phase2-from-base", "sdzero")})
+    parts = [_accuracy_part(merged, "sdzero - phase 2 from base", ("sdzero", "from-base"), lambda a, b: a - b, boots)]
+    gain = _accuracy_part(merged, "phase 2 from base - base", ("from-base", "base"), lambda a, b: a - b, boots)
+    f = _finish(f, parts, ["sdzero_minus_phase2_from_base"])
+    if gain[2] != NOT_MEASURED:  # reported beside the verdict, not part of it
+        f.ours += f"; {gain[0]} ({gain[1]})"
+        f.parts["phase2_from_base_minus_base"] = gain[3]
+    return f
+
+
 def finding_h(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -> Finding:
     f = Finding("h", "L_revision + L_generation beats either term alone (the SRT models)",
                 "Table 11: 57.6 vs 52.2 and 56.4")
@@ -459,7 +475,6 @@ def finding_h(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -
 
 
 NOT_YET = [
-    Finding("e", "Phase 2 without SRT (from the base model) barely helps", "Qwen3-4B: 49.8 -> 51.4"),
     Finding("i", "Sample efficiency: SD-Zero reaches each baseline's final accuracy with fewer generations",
             "SD-Zero 49K generations vs 60K for the baselines"),
 ]
@@ -469,8 +484,8 @@ def compute_findings(compare_dir: Path, boots: int) -> tuple[list[Finding], list
     """Every finding (those a compare cannot answer say not measured), and the seeds read."""
     seeds = read_compare(compare_dir)
     found = [finding_a(seeds, boots), finding_b(seeds, boots), finding_c(compare_dir, list(seeds), boots),
-             finding_d(seeds, compare_dir, boots), finding_f(seeds, boots), finding_g(seeds, boots),
-             finding_h(seeds, compare_dir, boots)]
+             finding_d(seeds, compare_dir, boots), finding_e(seeds, compare_dir, boots), finding_f(seeds, boots),
+             finding_g(seeds, boots), finding_h(seeds, compare_dir, boots)]
     found += [Finding(f.key, f.claim, f.paper) for f in NOT_YET]
     return sorted(found, key=lambda f: f.key), list(seeds)
 

@@ -40,6 +40,9 @@ class SRTConfig(SFTConfig):
                                                          "(generation stage, then revision stage; official code)."})
     revision_loss: bool = field(default=True, metadata={"help": "Train the revision term L_revision."})
     generation_loss: bool = field(default=True, metadata={"help": "Train the generation term L_generation."})
+    skip: bool = field(default=False, metadata={
+        "help": "No training: the starting model is saved unchanged as the SRT model, so Phase 2 starts from it "
+                "(the paper's 'Phase 2 without SRT' ablation)."})
     max_length: int = field(default=1024, metadata={"help": "Longest record; y_init is truncated to fit, never "
                                                              "the question or the revision (else the tuple is "
                                                              "dropped and counted)."})
@@ -144,6 +147,15 @@ def run_srt(model_name: str, cfg: SRTConfig) -> dict[str, Any]:
     rows, data_meta = load_kept(cfg.data_dir)
     phrases = ControlPhrases.from_dict(data_meta.get("control_phrases"))  # the phrases the revisions saw
     tokenizer = load_tokenizer(model_name)
+    if cfg.skip:
+        from sdzero.training import load_model_to_train
+
+        info(f"[srt] skip: {model_name} is saved unchanged as the SRT model")
+        model = load_model_to_train(model_name)
+        summary = {"control_phrases": phrases.to_dict(), "base_model": str(model_name), "srt": asdict(cfg),
+                   "skipped": True, "tuples": len(rows), "revision_records": 0, "generation_records": 0}
+        save_on_main_process(model, tokenizer, Path(cfg.output_dir) / "model", summary)
+        return summary
     model, summary = train_srt(model_name, tokenizer, rows, phrases, cfg)
     save_on_main_process(model, tokenizer, Path(cfg.output_dir) / "model", summary)
     return summary
