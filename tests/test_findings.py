@@ -22,9 +22,11 @@ def eval_report(accuracy: float, rng: random.Random, n: int = 60, tokens: float 
     return {"questions": questions, "metrics": {"mean_response_tokens": tokens}}
 
 
-def make_compare(root, seeds=(0, 1), methods=None, heatmaps=True, same_draws=False):
+def make_compare(root, seeds=(0, 1), methods=None, heatmaps=True, same_draws=False, spent=None):
     """Seed folders as `sdzero compare` writes them; `same_draws`: every method and seed gets the same
-    random draws (equal accuracies then give identical rewards)."""
+    random draws (equal accuracies then give identical rewards); `spent`: training generations of Phase 1
+    ("collect"), Phase 2 ("distill") and each baseline."""
+    spent = spent or {"collect": 100, "distill": 30, "rft": 130, "grpo": 130, "sdft": 130}
     rng = random.Random(0)
     methods = methods or {"base": dict(accuracy=0.2, fix=0.02), "srt": dict(accuracy=0.7, fix=0.6),
                           "sdzero": dict(accuracy=0.4, tokens=15.0), "rft": dict(accuracy=0.8),
@@ -36,6 +38,10 @@ def make_compare(root, seeds=(0, 1), methods=None, heatmaps=True, same_draws=Fal
             path = folder / "sdzero" / f"eval-{method}.json" if method in ("base", "srt", "sdzero") else \
                 folder / f"eval-{method}.json"
             path.write_text(json.dumps(eval_report(rng=random.Random(0) if same_draws else rng, **kw)))
+        (folder / "sdzero" / "stages.json").write_text(json.dumps(
+            {s: {"generations": spent[s], "seconds": 1.0} for s in ("collect", "distill")}))
+        (folder / "baselines.json").write_text(json.dumps(
+            {m: {"generations": spent[m]} for m in ("rft", "grpo", "sdft") if m in methods}))
         if heatmaps:  # wrong responses: KL on one token; correct ones: flat
             selfloc = folder / "sdzero" / "distill" / "selfloc"
             selfloc.mkdir(parents=True)
@@ -81,7 +87,22 @@ def test_findings_on_a_compare_with_known_answers(tmp_path):
                                                                        "sdzero_minus_sdft"}
     assert found["g"].parts["srt_minus_base"]["verdict"] == HOLDS
     assert found["g"].parts["srt_minus_resample"]["verdict"] == INCONCLUSIVE  # 0.6 vs a fresh sample's ~0.7
-    assert [found[k].verdict for k in "dehi"] == [NOT_MEASURED] * 4
+    assert found["i"].verdict == FAILS  # every baseline (0.8) above SRT (0.7) and SD-Zero (0.4)
+    assert [found[k].verdict for k in "deh"] == [NOT_MEASURED] * 3
+
+
+def test_sample_efficiency_counts_only_points_that_spent_fewer_generations(tmp_path):
+    """SRT (after 100 generations) beats RFT's and GRPO's final accuracy; SD-Zero spent 130: fewer than RFT's
+    150, not fewer than GRPO's 120, so against GRPO only the SRT point counts; SDFT beats both points."""
+    methods = {"base": dict(accuracy=0.2), "srt": dict(accuracy=0.8), "sdzero": dict(accuracy=0.8),
+               "rft": dict(accuracy=0.3), "grpo": dict(accuracy=0.3), "sdft": dict(accuracy=0.95)}
+    spent = {"collect": 100, "distill": 30, "rft": 150, "grpo": 120, "sdft": 500}
+    found, _ = compute_findings(make_compare(tmp_path, methods=methods, heatmaps=False, spent=spent), 500)
+    i = {f.key: f for f in found}["i"]
+    assert i.parts["reaches_rft"]["verdict"] == HOLDS and i.parts["reaches_grpo"]["verdict"] == HOLDS
+    assert set(i.parts["reaches_rft"]["points"]) == {"srt", "sdzero"}
+    assert set(i.parts["reaches_grpo"]["points"]) == {"srt"}
+    assert i.parts["reaches_sdft"]["verdict"] == FAILS and i.verdict == FAILS
 
 
 def test_srt_with_under_half_of_the_gain_does_not_give_most_of_it(tmp_path):
@@ -111,7 +132,7 @@ def test_findings_command_writes_the_rule_and_the_table(tmp_path, capsys):
     assert data["seeds"] == [0, 1]
     # The variants fork each seed's finished run: a compare without one is refused before any work.
     assert main(["findings", "--compare_dir", str(compare)]) == 2
-    assert "has not finished eval-base, collect" in capsys.readouterr().err
+    assert "has not finished eval-base" in capsys.readouterr().err
 
 
 def test_findings_refuse_folders_they_cannot_read(tmp_path):

@@ -7,7 +7,8 @@ on seed 0 and a review; no threshold moved).
 
 Findings (d) self-evolution, (e) Phase 2 from the base model and (h) each SRT loss term alone need runs
 that `sdzero compare` does not make: the command runs them first (VARIANTS, each forked from a compare
-seed's run, resumable). (i) sample efficiency is not built yet: its row says "not measured".
+seed's run, resumable). (i) sample efficiency uses the points a compare has (each method's final model and
+SRT's, after Phase 1): no evaluation in the middle of a baseline's training.
 
 Simplifications, stated here: heat-map rows (c) are the few responses per step the Phase-2 trainer draws
 for its heat-maps (8 by default, at its first and last step), pooled over seeds as independent rows.
@@ -41,6 +42,9 @@ RULE = """\
   **inconclusive**: it crosses zero. A finding with several parts holds when every part holds, does not
   hold when any part does not, and is inconclusive otherwise (a part not measured counts as inconclusive).
 - "Roughly halves" is a ratio of at most 2/3 in every seed (does not hold: above 2/3 in every seed).
+- (i) for each baseline: holds when a point of SD-Zero's pipeline that spent fewer training generations
+  than the baseline (SRT after Phase 1, SD-Zero after Phase 2) is above the baseline's final accuracy,
+  does not hold when every such point is below it, else inconclusive; all baselines together as parts.
 - (e) "barely helps" (SRT is a prerequisite): SD-Zero minus Phase 2 run from the base model above zero.
 - (a) "most of the gain": the interval of SRT minus base above zero, and that of (SRT - base) - (SD-Zero -
   SRT) above zero, i.e. SRT's gain at least half of SD-Zero's whole gain over the base model. When Phase 2
@@ -474,10 +478,49 @@ def finding_h(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -
     return _finish(f, parts, ["srt_minus_revision_only", "srt_minus_generation_only"])
 
 
-NOT_YET = [
-    Finding("i", "Sample efficiency: SD-Zero reaches each baseline's final accuracy with fewer generations",
-            "SD-Zero 49K generations vs 60K for the baselines"),
-]
+def generations_spent(compare_dir: Path, seed: int) -> dict[str, int]:
+    """Training generations per method of one compare seed: SRT's are Phase 1's, SD-Zero's Phase 1 + 2's."""
+    from sdzero.runfolder import read_baselines, read_stages
+
+    folder = _seed_folders(compare_dir)[seed]
+    stages = read_stages(folder / "sdzero")
+    spent = {}
+    if "collect" in stages:
+        spent["srt"] = int(stages["collect"].get("generations", 0))
+        if "distill" in stages:
+            spent["sdzero"] = spent["srt"] + int(stages["distill"].get("generations", 0))
+    spent.update({m: int(r["generations"]) for m, r in read_baselines(folder).items() if "generations" in r})
+    return spent
+
+
+def finding_i(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -> Finding:
+    f = Finding("i", "Sample efficiency: SD-Zero's pipeline reaches each baseline's final accuracy with fewer "
+                "training generations", "SD-Zero 49K generations (SRT after 40K) vs 60K for each baseline")
+    spent = {seed: generations_spent(compare_dir, seed) for seed in seeds}
+    parts, names = [], []
+    for m in BASELINES:
+        points = []
+        for point in ("srt", "sdzero"):
+            fewer = {seed: per_method for seed, per_method in seeds.items()
+                     if point in spent[seed] and m in spent[seed] and spent[seed][point] < spent[seed][m]}
+            part = _accuracy_part(fewer, f"{point} - {m}", (point, m), lambda a, b: a - b, boots)
+            if part[2] != NOT_MEASURED:
+                points.append((point, part))
+        if not points:
+            parts.append((f"{m}: not run", "-", NOT_MEASURED, {}))
+        else:
+            verdicts = [p[2] for _, p in points]
+            v = HOLDS if HOLDS in verdicts else FAILS if all(x == FAILS for x in verdicts) else INCONCLUSIVE
+            parts.append(("; ".join(p[0] for _, p in points), "; ".join(p[1] for _, p in points), v,
+                          {"points": {point: p[3] for point, p in points}, "verdict": v}))
+        names.append(f"reaches_{m}")
+    f = _finish(f, parts, names)
+    if f.verdict != NOT_MEASURED:
+        per_seed = "; ".join(f"seed {seed}: " + ", ".join(f"{k} {v}" for k, v in g.items())
+                             for seed, g in spent.items())
+        f.ours += f" (generations {per_seed})"
+        f.parts["generations"] = spent
+    return f
 
 
 def compute_findings(compare_dir: Path, boots: int) -> tuple[list[Finding], list[int]]:
@@ -485,8 +528,7 @@ def compute_findings(compare_dir: Path, boots: int) -> tuple[list[Finding], list
     seeds = read_compare(compare_dir)
     found = [finding_a(seeds, boots), finding_b(seeds, boots), finding_c(compare_dir, list(seeds), boots),
              finding_d(seeds, compare_dir, boots), finding_e(seeds, compare_dir, boots), finding_f(seeds, boots),
-             finding_g(seeds, boots), finding_h(seeds, compare_dir, boots)]
-    found += [Finding(f.key, f.claim, f.paper) for f in NOT_YET]
+             finding_g(seeds, boots), finding_h(seeds, compare_dir, boots), finding_i(seeds, compare_dir, boots)]
     return sorted(found, key=lambda f: f.key), list(seeds)
 
 
