@@ -91,6 +91,16 @@ def test_findings_on_a_compare_with_known_answers(tmp_path):
     assert [found[k].verdict for k in "deh"] == [NOT_MEASURED] * 3
 
 
+def test_findings_draw_the_pictures_that_say_it_faster(tmp_path):
+    from sdzero.findings import write_findings
+
+    compare = make_compare(tmp_path)
+    md = write_findings(FindingsConfig(compare_dir=str(compare), variants="none", bootstrap=200)).read_text()
+    for name in ("findings-c.png", "findings-i.png"):  # (d)'s needs the variants' Phase-2 logs
+        assert (compare / "report" / name).stat().st_size > 1000 and f"({name})" in md
+    assert not (compare / "report" / "findings-d.png").exists()
+
+
 def test_sample_efficiency_counts_only_points_that_spent_fewer_generations(tmp_path):
     """SRT (after 100 generations) beats RFT's and GRPO's final accuracy; SD-Zero spent 130: fewer than RFT's
     150, not fewer than GRPO's 120, so against GRPO only the SRT point counts; SDFT beats both points."""
@@ -186,6 +196,7 @@ def test_findings_runs_its_variants_forked_from_the_compare_run(tiny_model_dir, 
     data = json.loads((compare / "report" / "findings.json").read_text())
     found = {f["key"]: f for f in data["findings"]}
     assert found["d"]["verdict"] != NOT_MEASURED and "sync_minus_frozen" in found["d"]["parts"]
+    assert (compare / "report" / "findings-d.png").is_file()  # Phase-2 reward per step, synced vs frozen
     assert "srt_minus_revision_only" in found["h"]["parts"] and found["h"]["verdict"] != HOLDS  # a term missing
     assert "sdzero_minus_phase2_from_base" in found["e"]["parts"] and found["e"]["verdict"] != NOT_MEASURED
     capsys.readouterr()

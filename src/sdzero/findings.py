@@ -371,7 +371,8 @@ def finding_c(compare_dir: Path, seeds: Sequence[int], boots: int) -> Finding:
     part = _part(f"wrong {mean(shares[False]):.3f} ({len(shares[False])} responses) - correct "
                  f"{mean(shares[True]):.3f} ({len(shares[True])}) =",
                  bootstrap_difference(shares[False], shares[True], boots), lambda x: f"{x:+.3f}",
-                 {"wrong": len(shares[False]), "correct": len(shares[True])})
+                 {"wrong": len(shares[False]), "correct": len(shares[True]),
+                  "shares": {"wrong": shares[False], "correct": shares[True]}})
     if later[True] and later[False]:
         part = (part[0] + f" (without the first token: {mean(later[False]):.3f} - {mean(later[True]):.3f})",
                 *part[1:])
@@ -532,6 +533,58 @@ def compute_findings(compare_dir: Path, boots: int) -> tuple[list[Finding], list
     return sorted(found, key=lambda f: f.key), list(seeds)
 
 
+def write_plots(compare_dir: Path, found: list[Finding], out: Path) -> list[Path]:
+    """Where a picture says it faster: (c) the KL share on the top tokens, wrong vs correct responses; (d)
+    Phase-2 reward per step with a synced and a frozen teacher; (i) held-out accuracy against training
+    generations per method. Nothing when matplotlib is missing."""
+    from sdzero.reports import pyplot, smooth
+    from sdzero.runfolder import read_history
+
+    plt = pyplot("findings")
+    if plt is None:
+        return []
+    by_key, paths = {f.key: f for f in found}, []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        paths.append(out / name)
+
+    shares = by_key["c"].parts.get("top_share_wrong_minus_correct", {}).get("shares")
+    if shares:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.hist([shares["wrong"], shares["correct"]], bins=10, range=(0, 1), label=["wrong", "correct"])
+        ax.set(xlabel=f"share of a response's KL on its top {TOP_SHARE:.0%} of tokens", ylabel="responses")
+        ax.legend()
+        save(fig, "findings-c.png")
+    logs = {(v, seed): read_history(folder / "distill") for v in ("frozen-long", "sync-long")
+            for seed, folder in _seed_folders(compare_dir / "variants" / v).items()}
+    if any(logs.values()):
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for (variant, seed), hist in logs.items():
+            if hist:
+                ax.plot([h["step"] for h in hist], smooth([h["reward"] for h in hist]),
+                        color="C1" if variant == "sync-long" else "C0", label=f"{variant}, seed {seed}")
+        ax.set(xlabel="Phase-2 step", ylabel="reward on the step's questions (5-step mean)")
+        ax.legend(fontsize=7)
+        save(fig, "findings-d.png")
+    spent = by_key["i"].parts.get("generations")
+    if spent:
+        seeds = read_compare(compare_dir)
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for i, method in enumerate((*SDZERO_STAGES, *BASELINES)):
+            points = [(0 if method == "base" else spent[seed].get(method),
+                       mean(list(question_means(r[method]).values()))) for seed, r in seeds.items() if method in r]
+            points = [(x, y) for x, y in points if x is not None]
+            if points:
+                ax.scatter([x for x, _ in points], [y for _, y in points], color=f"C{i}", label=method)
+        ax.set(xlabel="training generations", ylabel="held-out avg@k (one point per seed)")
+        ax.legend(fontsize=7)
+        save(fig, "findings-i.png")
+    return paths
+
+
 def write_findings(cfg: FindingsConfig) -> Path:
     """Run the variants (resuming), then compute every finding; write findings.md and findings.json."""
     from sdzero.logs import info
@@ -559,6 +612,7 @@ def write_findings(cfg: FindingsConfig) -> Path:
              "| | finding | paper | ours | 95% interval | verdict |", "|---|---|---|---|---|---|"]
     for f in found:
         lines.append(f"| {f.key} | {f.claim} | {f.paper} | {f.ours} | {f.interval} | **{f.verdict}** |")
+    lines += ["", *(f"![{p.stem}]({p.name})" for p in write_plots(compare_dir, found, out))]
     atomic_write_text(out / "findings.md", "\n".join(lines) + "\n")
     atomic_write_json(out / "findings.json", {"compare_dir": str(compare_dir), "seeds": seeds, "rule": RULE,
                                               "findings": [asdict(f) for f in found]})

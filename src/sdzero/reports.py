@@ -21,7 +21,7 @@ ROW_ORDER = ("base", "rft", "grpo", "sdft", "srt", "sdzero")  # the paper's Tabl
 LABELS = {"base": "Base", "rft": "RFT", "grpo": "GRPO", "sdft": "SDFT", "srt": "SRT", "sdzero": "SD-Zero"}
 
 
-def _pyplot(who: str) -> Any:
+def pyplot(who: str) -> Any:
     """matplotlib's pyplot on the file backend, or None (with a note) when it is not installed."""
     try:
         import matplotlib
@@ -83,14 +83,14 @@ def verdicts(table: dict[str, dict[str, Any]], k: int) -> list[str]:
     return [f"SD-Zero is at or above {' and '.join(others)} ({key})."] if others else []
 
 
-def _smooth(values: list[float], window: int = 5) -> list[float]:
+def smooth(values: list[float], window: int = 5) -> list[float]:
     """Trailing moving average (the first points average what there is)."""
     return [sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
 
 
 def _accuracy_chart(table: dict[str, dict[str, Any]], k: int, folder: Path) -> Path | None:
     """avg@k per model with its 95% interval over the questions."""
-    plt = _pyplot("run") if table else None
+    plt = pyplot("run") if table else None
     if plt is None:
         return None
     names = list(table)
@@ -149,7 +149,7 @@ def write_run_report(out: Path, state: dict[str, Any], task_name: str, model_nam
 def _plots(hist: list[dict[str, Any]], folder: Path) -> list[Path]:
     """Phase-2 curves against the step, raw points faint and a 5-step moving average over them: reward and
     response length; the training divergence (the loss) on correct and on wrong responses."""
-    plt = _pyplot("run") if hist else None
+    plt = pyplot("run") if hist else None
     if plt is None:
         return []
     from matplotlib.ticker import MaxNLocator
@@ -157,7 +157,7 @@ def _plots(hist: list[dict[str, Any]], folder: Path) -> list[Path]:
     def curve(ax: Any, points: list[tuple[int, float]], color: str, label: str | None = None) -> None:
         xs, ys = [x for x, _ in points], [y for _, y in points]
         ax.plot(xs, ys, ".", color=color, alpha=0.35)
-        ax.plot(xs, _smooth(ys), "-", color=color, label=label)
+        ax.plot(xs, smooth(ys), "-", color=color, label=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("Phase-2 step")
 
@@ -297,7 +297,7 @@ def t95(df: int) -> float:
 def _curves(rows: dict[str, Any], k: int, folder: Path) -> Path | None:
     """Left: held-out avg@k against training generations spent (mean over seeds, bars = spread). Right: the
     accuracy of each method's own training samples against generations (on-policy methods: per step)."""
-    plt = _pyplot("compare")
+    plt = pyplot("compare")
     if plt is None:
         return None
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
