@@ -1,6 +1,7 @@
 """`sdzero findings` on compare folders built in the test, with known answers."""
 
 import json
+import os
 import random
 
 import pytest
@@ -12,11 +13,12 @@ from sdzero.findings import (FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, FindingsC
                              bootstrap_mean, cluster_bootstrap, combine, compute_findings, mean, verdict)
 
 
-def eval_report(accuracy: float, rng: random.Random, n: int = 60, tokens: float = 40.0, fix: float = 0.1) -> dict:
-    """k = 2 samples per question; a wrong draft is fixed after "start over" with probability `fix`."""
+def eval_report(accuracy: float, rng: random.Random, n: int = 60, tokens: float = 40.0, fix: float = 0.1,
+                k: int = 2) -> dict:
+    """k samples per question; a wrong draft is fixed after "start over" with probability `fix`."""
     questions = []
     for i in range(n):
-        rewards = [float(rng.random() < accuracy) for _ in range(2)]
+        rewards = [float(rng.random() < accuracy) for _ in range(k)]
         revisions = [r if r else float(rng.random() < fix) for r in rewards]
         questions.append({"id": f"q{i}", "rewards": rewards, "revision_rewards": revisions})
     return {"questions": questions, "metrics": {"mean_response_tokens": tokens}}
@@ -89,6 +91,15 @@ def test_findings_on_a_compare_with_known_answers(tmp_path):
     assert found["g"].parts["srt_minus_resample"]["verdict"] == INCONCLUSIVE  # 0.6 vs a fresh sample's ~0.7
     assert found["i"].verdict == FAILS  # every baseline (0.8) above SRT (0.7) and SD-Zero (0.4)
     assert [found[k].verdict for k in "deh"] == [NOT_MEASURED] * 3
+
+
+def test_one_sample_per_question_has_no_fresh_sample_to_beat(tmp_path):
+    """With k = 1 a wrong draft has no other sample: (g)'s second part is not measured (not a 0% rate)."""
+    methods = {"base": dict(accuracy=0.2, fix=0.02, k=1), "srt": dict(accuracy=0.5, fix=0.6, k=1)}
+    found, _ = compute_findings(make_compare(tmp_path, methods=methods, heatmaps=False), 500)
+    g = {f.key: f for f in found}["g"]
+    assert g.parts["srt_minus_base"]["verdict"] == HOLDS and "srt_minus_resample" not in g.parts
+    assert g.verdict == INCONCLUSIVE and "k = 1" in g.ours
 
 
 def test_findings_draw_the_pictures_that_say_it_faster(tmp_path):
@@ -171,13 +182,13 @@ def test_findings_runs_its_variants_forked_from_the_compare_run(tiny_model_dir, 
     run = compare / "seed-0" / "sdzero"
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(run), *ARGS]) == 0
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
-    argv = ["findings", "--compare_dir", str(compare), "--bootstrap", "200",
-            "--variants", "frozen-long,sync-long,srt-revision-only,phase2-from-base"]
+    argv = ["findings", "--compare_dir", str(compare), "--bootstrap", "200"]  # every variant
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before  # the compare's run untouched
     variants = compare / "variants"
     frozen, sync, revision = (variants / v / "seed-0" for v in ("frozen-long", "sync-long", "srt-revision-only"))
     assert (frozen / "srt").is_symlink() and (frozen / "srt").resolve() == (run / "srt").resolve()
+    assert not os.path.isabs(os.readlink(frozen / "srt"))  # relative: the compare folder can move as a whole
     assert (revision / "phase1").is_symlink() and not (revision / "srt").is_symlink()
     steps = [json.loads(line)["step"] for line in (sync / "distill" / "log.jsonl").read_text().splitlines()]
     assert steps[-1] == 3 * 2  # 3x the compare's 2 Phase-2 steps
@@ -197,12 +208,20 @@ def test_findings_runs_its_variants_forked_from_the_compare_run(tiny_model_dir, 
     found = {f["key"]: f for f in data["findings"]}
     assert found["d"]["verdict"] != NOT_MEASURED and "sync_minus_frozen" in found["d"]["parts"]
     assert (compare / "report" / "findings-d.png").is_file()  # Phase-2 reward per step, synced vs frozen
-    assert "srt_minus_revision_only" in found["h"]["parts"] and found["h"]["verdict"] != HOLDS  # a term missing
+    assert set(found["h"]["parts"]) == {"srt_minus_revision_only", "srt_minus_generation_only"}
+    assert found["h"]["verdict"] != NOT_MEASURED
     assert "sdzero_minus_phase2_from_base" in found["e"]["parts"] and found["e"]["verdict"] != NOT_MEASURED
-    capsys.readouterr()
-    assert main(argv) == 0  # started again: every variant's stages are done
-    printed = capsys.readouterr()
-    assert (printed.out + printed.err).count("done before") >= 4 * 2  # each variant's stages, none run again
-    assert json.loads((sync / "stages.json").read_text()) == stages
+    made = {p: p.stat().st_mtime_ns for p in variants.rglob("*") if p.is_file() and p.suffix != ".log"}
+    records = {p: p.read_text() for p in variants.glob("*/seed-0/stages.json")}
+    assert len(records) == 5
+    assert main(argv) == 0  # started again: every variant's stages are done, nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in variants.rglob("*") if p.is_file() and p.suffix != ".log"} == made
+    assert {p: p.read_text() for p in variants.glob("*/seed-0/stages.json")} == records
+    # The compare's run redone (here: its records changed) no longer matches the forks: refused, not mixed.
+    state = json.loads((run / "stages.json").read_text())
+    state["collect"]["seconds"] += 1.0
+    (run / "stages.json").write_text(json.dumps(state))
+    assert main(argv) == 2
+    assert "was forked from another run" in capsys.readouterr().err
     with pytest.raises(SDZeroError, match="unknown variants"):
         FindingsConfig(variants="frozen-long,bogus").validate()

@@ -427,3 +427,22 @@ def test_srt_with_activation_checkpointing_ends_at_the_same_weights(tokenizer, t
         flags[checkpointing] = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     assert flags == {False: False, True: True}
     assert torch.allclose(weights[True], weights[False], atol=1e-6)
+
+
+def test_srt_skip_saves_the_starting_model_unchanged(tiny_model_dir, tmp_path, capsys):
+    """`sdzero srt --skip true` (Phase 2 without SRT, the paper's ablation): the saved "SRT model" is the
+    starting model, weights equal, with the phrases the data was collected under."""
+    from transformers import AutoModelForCausalLM
+
+    data, out = tmp_path / "data", tmp_path / "srt"
+    assert main(["collect", "--model", str(tiny_model_dir), "--dtype", "fp32", "--task", "parity:",
+                 "--eval_size", "2", "--phase1_size", "4", "--max_new_tokens", "8", "--temperature", "1.0",
+                 "--drop_truncated", "false", "--output_dir", str(data)]) == 0
+    assert main(["srt", "--model", str(tiny_model_dir), "--data_dir", str(data), "--output_dir", str(out),
+                 "--skip", "true"]) == 0
+    assert "0 revision + 0 generation records" in capsys.readouterr().out
+    saved = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert saved.keys() == base.keys() and all(torch.equal(saved[k], base[k].to(saved[k].dtype)) for k in saved)
+    meta = json.loads((out / "model" / "sdzero.json").read_text())
+    assert meta["skipped"] is True and meta["control_phrases"] == ControlPhrases().to_dict()

@@ -1,9 +1,11 @@
 """`sdzero findings`: the paper's checkable claims as verdicts, read from a `sdzero compare` folder.
 
 For each finding: the paper's number, ours (over the seeds that have it), a 95% interval and a verdict by
-RULE below, which was written down before any result was read and which findings.md repeats (its wording
-was made exact, and the pairs' bootstrap became a cluster bootstrap over questions, after one partial run
-on seed 0 and a review; no threshold moved).
+RULE below, which findings.md repeats. Its history: written before any result was read; after one partial
+run on seed 0 (base, SRT, SD-Zero only) and a review, its wording was made exact and the pairs' bootstrap
+became a cluster bootstrap over questions (no threshold or direction moved); the rules for (e) and (i) were
+added after that run, before any variant or baseline result existed, and (i)'s "fewer" became "at most" on
+a second review (a compare matches the baselines' budget to SD-Zero's spend).
 
 Findings (d) self-evolution, (e) Phase 2 from the base model and (h) each SRT loss term alone need runs
 that `sdzero compare` does not make: the command runs them first (VARIANTS, each forked from a compare
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,9 +45,10 @@ RULE = """\
   **inconclusive**: it crosses zero. A finding with several parts holds when every part holds, does not
   hold when any part does not, and is inconclusive otherwise (a part not measured counts as inconclusive).
 - "Roughly halves" is a ratio of at most 2/3 in every seed (does not hold: above 2/3 in every seed).
-- (i) for each baseline: holds when a point of SD-Zero's pipeline that spent fewer training generations
-  than the baseline (SRT after Phase 1, SD-Zero after Phase 2) is above the baseline's final accuracy,
-  does not hold when every such point is below it, else inconclusive; all baselines together as parts.
+- (i) for each baseline: holds when a point of SD-Zero's pipeline that spent at most the baseline's
+  training generations (SRT after Phase 1, SD-Zero after Phase 2; a compare gives each baseline SD-Zero's
+  own spend, so SD-Zero's final point counts at equal spend) is above the baseline's final accuracy, does
+  not hold when every such point is below it, else inconclusive; all baselines together as parts.
 - (e) "barely helps" (SRT is a prerequisite): SD-Zero minus Phase 2 run from the base model above zero.
 - (a) "most of the gain": the interval of SRT minus base above zero, and that of (SRT - base) - (SD-Zero -
   SRT) above zero, i.e. SRT's gain at least half of SD-Zero's whole gain over the base model. When Phase 2
@@ -196,19 +200,19 @@ def by_question(seeds: dict[int, dict[str, Any]], methods: Sequence[str],
 LONG_PHASE2 = 3  # (d): Phase 2 this many times the compare's steps, so that a plateau can show
 
 
-def _long(settings: dict[str, Any]) -> dict[str, Any]:
-    return {"distill_max_steps": LONG_PHASE2 * int(settings["distill_max_steps"])}
+def _frozen_long(settings: dict[str, Any]) -> dict[str, Any]:
+    return {"distill_max_steps": LONG_PHASE2 * int(settings["distill_max_steps"]), "distill_teacher": "frozen"}
 
 
 def _sync_long(settings: dict[str, Any]) -> dict[str, Any]:
     # the teacher becomes the student where the compare's Phase 2 ended, and as often again after
-    return {**_long(settings), "distill_teacher": "sync",
+    return {**_frozen_long(settings), "distill_teacher": "sync",
             "distill_teacher_sync_steps": int(settings["distill_max_steps"])}
 
 
 VARIANTS: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]], str]] = {
     # name: (last stage kept from the compare's run, the changed settings, the last stage run)
-    "frozen-long": ("eval-srt", _long, "eval-sdzero"),
+    "frozen-long": ("eval-srt", _frozen_long, "eval-sdzero"),
     "sync-long": ("eval-srt", _sync_long, "eval-sdzero"),
     "srt-revision-only": ("collect", lambda s: {"srt_generation_loss": False}, "eval-srt"),
     "srt-generation-only": ("collect", lambda s: {"srt_revision_loss": False}, "eval-srt"),
@@ -217,14 +221,13 @@ VARIANTS: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]], str]]
 
 
 def kept_stages(source: Path, keep_until: str) -> list[str]:
-    """The stages a fork of `source` keeps; refused when `source` has not finished them."""
+    """The stages a fork of `source` keeps; refused unless `source`'s run has finished (its report)."""
     from sdzero.runfolder import STAGES, read_stages
 
-    keep = STAGES[: STAGES.index(keep_until) + 1]
-    missing = [s for s in keep if s not in read_stages(source)]
+    missing = [s for s in STAGES if s not in read_stages(source)]
     if missing:
         raise SDZeroError(f"{source} has not finished {', '.join(missing)}: run `sdzero compare` to the end first")
-    return keep
+    return STAGES[: STAGES.index(keep_until) + 1]
 
 
 def fork_run(source: Path, target: Path, keep_until: str) -> None:
@@ -233,15 +236,19 @@ def fork_run(source: Path, target: Path, keep_until: str) -> None:
     is left as it is (its run resumes)."""
     from sdzero.runfolder import STAGE_OUTPUTS, read_stages, write_stages
 
-    if (target / "stages.json").exists():
-        return
     state = read_stages(source)
     keep = kept_stages(source, keep_until)
+    if (target / "stages.json").exists():  # forked before: only if it still forks this very run
+        forked = read_stages(target)
+        if any(forked.get(s) != state[s] for s in keep):
+            raise SDZeroError(f"{target} was forked from another run of {source} (its kept stages' records "
+                              "differ): delete the variant's folder to fork the current run")
+        return
     target.mkdir(parents=True, exist_ok=True)
     for stage in keep:
         link = target / STAGE_OUTPUTS[stage]
-        if not link.exists():
-            link.symlink_to((source / STAGE_OUTPUTS[stage]).resolve())
+        if not link.is_symlink():  # relative: the compare folder may be moved as a whole
+            link.symlink_to(os.path.relpath(source / STAGE_OUTPUTS[stage], target))
     write_stages(target, {"settings": state["settings"], **{s: state[s] for s in keep}})  # last: the fork's mark
 
 
@@ -320,7 +327,7 @@ def _accuracy_part(seeds: dict[int, dict[str, Any]], label: str, methods: Sequen
 def _finish(f: Finding, parts: list[Part], names: list[str]) -> Finding:
     if all(p[2] == NOT_MEASURED for p in parts):
         return f
-    f.ours = "; ".join(p[0] for p in parts if p[2] != NOT_MEASURED)
+    f.ours = "; ".join(p[0] for p in parts if p[0] != "-")  # a part not measured may say why
     f.interval = "; ".join(p[1] for p in parts if p[2] != NOT_MEASURED and p[1] != "-")
     f.verdict = combine([INCONCLUSIVE if p[2] == NOT_MEASURED else p[2] for p in parts])
     f.parts = {name: p[3] for name, p in zip(names, parts) if p[3]}
@@ -387,25 +394,26 @@ def finding_f(seeds: dict[int, dict[str, Any]], boots: int) -> Finding:
         part = _accuracy_part(seeds, f"sdzero - {m}", ("sdzero", m), lambda sdz, other: sdz - other, boots)
         parts.append(part if part[2] != NOT_MEASURED else (f"{m}: not run", "-", NOT_MEASURED, {}))
         names.append(f"sdzero_minus_{m}")
-    f = _finish(f, parts, names)
-    if any(p[2] == NOT_MEASURED for p in parts) and f.verdict != NOT_MEASURED:
-        f.ours += "; " + ", ".join(p[0] for p in parts if p[2] == NOT_MEASURED)
-    return f
+    return _finish(f, parts, names)
 
 
-def _drafts(q: dict[str, Any]) -> tuple[int, int, float]:
-    """(wrong drafts, of them fixed after "start over", summed fresh-resample accuracy on them) of one
-    question, as `sdzero.evaluate.correction_metrics` counts them."""
+def _drafts(q: dict[str, Any]) -> tuple[int, int, int, int, float]:
+    """Of one question's wrong drafts, as `sdzero.evaluate.correction_metrics` counts them: how many, how
+    many fixed after "start over"; of those with other samples of the question (k > 1), how many, how many
+    fixed, and the summed accuracy of those other samples (a fresh sample's chance)."""
     rewards, revisions = q["rewards"], q.get("revision_rewards") or []
-    wrong = fixed = 0
+    wrong = fixed = paired = paired_fixed = 0
     resample = 0.0
     for i, (d, r) in enumerate(zip(rewards, revisions)):
         if d < 1.0:
             wrong += 1
             fixed += r >= 1.0
             others = rewards[:i] + rewards[i + 1:]
-            resample += mean(others) if others else 0.0
-    return wrong, fixed, resample
+            if others:
+                paired += 1
+                paired_fixed += r >= 1.0
+                resample += mean(others)
+    return wrong, fixed, paired, paired_fixed, resample
 
 
 def finding_g(seeds: dict[int, dict[str, Any]], boots: int) -> Finding:
@@ -423,18 +431,21 @@ def finding_g(seeds: dict[int, dict[str, Any]], boots: int) -> Finding:
         return rate(items, 0) - rate(items, 1)
 
     def above_resample(items: list[Any]) -> float:  # paired: the same wrong drafts of the SRT model
-        wrong = sum(x[0][0] for x in items)
-        return (sum(x[0][1] for x in items) - sum(x[0][2] for x in items)) / wrong if wrong else 0.0
+        paired = sum(x[0][2] for x in items)
+        return (sum(x[0][3] for x in items) - sum(x[0][4] for x in items)) / paired if paired else 0.0
 
-    if not clusters or not sum(x[0][0] for c in clusters for x in c) or not any(x[1][0] for c in clusters
-                                                                                  for x in c):
-        return f
     items = [x for c in clusters for x in c]
+    if not sum(x[0][0] for x in items) or not sum(x[1][0] for x in items):
+        return f
     srt_rate = rate(items, 0)
     parts = [_part(f"SRT {srt_rate:.1%} - base {rate(items, 1):.1%} =", cluster_bootstrap(clusters, above_base, boots),
-                   _points, {"seeds": used}),
-             _part(f"SRT {srt_rate:.1%} - fresh sample {srt_rate - above_resample(items):.1%} =",
-                   cluster_bootstrap(clusters, above_resample, boots), _points, {"seeds": used})]
+                   _points, {"seeds": used})]
+    if sum(x[0][2] for x in items):  # k > 1: wrong drafts with a fresh sample beside them
+        paired_rate = sum(x[0][3] for x in items) / sum(x[0][2] for x in items)
+        parts.append(_part(f"SRT {paired_rate:.1%} - fresh sample {paired_rate - above_resample(items):.1%} =",
+                           cluster_bootstrap(clusters, above_resample, boots), _points, {"seeds": used}))
+    else:
+        parts.append(("fresh sample: k = 1, none", "-", NOT_MEASURED, {}))
     return _finish(f, parts, ["srt_minus_base", "srt_minus_resample"])
 
 
@@ -444,7 +455,12 @@ def _with_variants(seeds: dict[int, dict[str, Any]], compare_dir: Path,
     merged = {seed: dict(per_method) for seed, per_method in seeds.items()}
     for method, (variant, stage) in names.items():
         for seed, report in variant_reports(compare_dir, variant, stage).items():
-            merged.setdefault(seed, {})[method] = report
+            if seed not in seeds:
+                continue  # a seed the compare no longer has
+            ids = {q["id"] for q in report.get("questions") or []}
+            if ids != {q["id"] for q in next(iter(seeds[seed].values()))["questions"]}:
+                raise SDZeroError(f"{variant} seed {seed}'s eval-{stage}.json is not on the compare's questions")
+            merged[seed][method] = report
     return merged
 
 
@@ -486,16 +502,16 @@ def generations_spent(compare_dir: Path, seed: int) -> dict[str, int]:
     folder = _seed_folders(compare_dir)[seed]
     stages = read_stages(folder / "sdzero")
     spent = {}
-    if "collect" in stages:
-        spent["srt"] = int(stages["collect"].get("generations", 0))
-        if "distill" in stages:
-            spent["sdzero"] = spent["srt"] + int(stages["distill"].get("generations", 0))
+    if "generations" in stages.get("collect", {}):
+        spent["srt"] = int(stages["collect"]["generations"])
+        if "generations" in stages.get("distill", {}):
+            spent["sdzero"] = spent["srt"] + int(stages["distill"]["generations"])
     spent.update({m: int(r["generations"]) for m, r in read_baselines(folder).items() if "generations" in r})
     return spent
 
 
 def finding_i(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -> Finding:
-    f = Finding("i", "Sample efficiency: SD-Zero's pipeline reaches each baseline's final accuracy with fewer "
+    f = Finding("i", "Sample efficiency: SD-Zero's pipeline reaches each baseline's final accuracy with no more "
                 "training generations", "SD-Zero 49K generations (SRT after 40K) vs 60K for each baseline")
     spent = {seed: generations_spent(compare_dir, seed) for seed in seeds}
     parts, names = [], []
@@ -503,12 +519,14 @@ def finding_i(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -
         points = []
         for point in ("srt", "sdzero"):
             fewer = {seed: per_method for seed, per_method in seeds.items()
-                     if point in spent[seed] and m in spent[seed] and spent[seed][point] < spent[seed][m]}
+                     if point in spent[seed] and m in spent[seed] and spent[seed][point] <= spent[seed][m]}
             part = _accuracy_part(fewer, f"{point} - {m}", (point, m), lambda a, b: a - b, boots)
             if part[2] != NOT_MEASURED:
                 points.append((point, part))
         if not points:
-            parts.append((f"{m}: not run", "-", NOT_MEASURED, {}))
+            ran = any(m in per_method for per_method in seeds.values())
+            parts.append((f"{m}: not run" if not ran else f"{m}: no pipeline point spent at most its generations",
+                          "-", NOT_MEASURED, {}))
         else:
             verdicts = [p[2] for _, p in points]
             v = HOLDS if HOLDS in verdicts else FAILS if all(x == FAILS for x in verdicts) else INCONCLUSIVE
@@ -612,7 +630,12 @@ def write_findings(cfg: FindingsConfig) -> Path:
              "| | finding | paper | ours | 95% interval | verdict |", "|---|---|---|---|---|---|"]
     for f in found:
         lines.append(f"| {f.key} | {f.claim} | {f.paper} | {f.ours} | {f.interval} | **{f.verdict}** |")
-    lines += ["", *(f"![{p.stem}]({p.name})" for p in write_plots(compare_dir, found, out))]
+    try:
+        plots = write_plots(compare_dir, found, out)
+    except Exception as e:  # hours of runs are not lost to a picture
+        info(f"[findings] no plots: {type(e).__name__}: {e}")
+        plots = []
+    lines += ["", *(f"![{p.stem}]({p.name})" for p in plots)]
     atomic_write_text(out / "findings.md", "\n".join(lines) + "\n")
     atomic_write_json(out / "findings.json", {"compare_dir": str(compare_dir), "seeds": seeds, "rule": RULE,
                                               "findings": [asdict(f) for f in found]})

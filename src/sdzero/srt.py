@@ -153,7 +153,8 @@ def run_srt(model_name: str, cfg: SRTConfig) -> dict[str, Any]:
         info(f"[srt] skip: {model_name} is saved unchanged as the SRT model")
         model = load_model_to_train(model_name)
         summary = {"control_phrases": phrases.to_dict(), "base_model": str(model_name), "srt": asdict(cfg),
-                   "skipped": True, "tuples": len(rows), "revision_records": 0, "generation_records": 0}
+                   "skipped": True, "tuples": len(rows), "revision_records": 0, "generation_records": 0,
+                   "dropped_for_length": 0, "seconds": 0.0, "loss_history": {}}
         save_on_main_process(model, tokenizer, Path(cfg.output_dir) / "model", summary)
         return summary
     model, summary = train_srt(model_name, tokenizer, rows, phrases, cfg)
