@@ -38,21 +38,21 @@ HALVES = 2 / 3  # (b): "roughly halves" = at most this ratio
 RULE = """\
 - A difference between two methods is paired: per held-out question and seed, method A's mean reward over
   its k samples minus method B's on the same question and seed. Seeds share their held-out questions, so
-  the interval is a cluster bootstrap: 10,000 seeded resamples of the questions, each with all its seeds,
-  95% percentile interval of the mean difference. Heat-map rows (c) are resampled as independent rows per
-  group; correction rates (g) are sums over the resampled questions' drafts.
+  the interval is a cluster bootstrap: seeded resamples of the questions (--bootstrap, 10,000), each with
+  all its seeds, 95% percentile interval of the mean difference. Heat-map rows (c) are resampled as
+  independent rows per group; correction rates (g) are sums over the resampled questions' drafts.
 - **holds**: the interval lies above zero (the claimed side); **does not hold**: it lies below zero;
   **inconclusive**: it crosses zero. A finding with several parts holds when every part holds, does not
   hold when any part does not, and is inconclusive otherwise (a part not measured counts as inconclusive).
 - "Roughly halves" is a ratio of at most 2/3 in every seed (does not hold: above 2/3 in every seed).
+- (a) "most of the gain": the interval of SRT minus base above zero, and that of (SRT - base) - (SD-Zero -
+  SRT) above zero, i.e. SRT's gain at least half of SD-Zero's whole gain over the base model. When Phase 2
+  loses accuracy, SRT gives more than all of the gain and (a) holds; (b) says whether Phase 2 helps.
+- (e) "barely helps" (SRT is a prerequisite): SD-Zero minus Phase 2 run from the base model above zero.
 - (i) for each baseline: holds when a point of SD-Zero's pipeline that spent at most the baseline's
   training generations (SRT after Phase 1, SD-Zero after Phase 2; a compare gives each baseline SD-Zero's
   own spend, so SD-Zero's final point counts at equal spend) is above the baseline's final accuracy, does
-  not hold when every such point is below it, else inconclusive; all baselines together as parts.
-- (e) "barely helps" (SRT is a prerequisite): SD-Zero minus Phase 2 run from the base model above zero.
-- (a) "most of the gain": the interval of SRT minus base above zero, and that of (SRT - base) - (SD-Zero -
-  SRT) above zero, i.e. SRT's gain at least half of SD-Zero's whole gain over the base model. When Phase 2
-  loses accuracy, SRT gives more than all of the gain and (a) holds; (b) says whether Phase 2 helps."""
+  not hold when every such point is below it, else inconclusive; all baselines together as parts."""
 
 
 @dataclass
