@@ -542,16 +542,18 @@ def finding_i(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -
     return f
 
 
-def compute_findings(compare_dir: Path, boots: int) -> tuple[list[Finding], list[int]]:
+def compute_findings(compare_dir: Path, boots: int,
+                     seeds: dict[int, dict[str, dict[str, Any]]] | None = None) -> tuple[list[Finding], list[int]]:
     """Every finding (those a compare cannot answer say not measured), and the seeds read."""
-    seeds = read_compare(compare_dir)
+    seeds = seeds if seeds is not None else read_compare(compare_dir)
     found = [finding_a(seeds, boots), finding_b(seeds, boots), finding_c(compare_dir, list(seeds), boots),
              finding_d(seeds, compare_dir, boots), finding_e(seeds, compare_dir, boots), finding_f(seeds, boots),
              finding_g(seeds, boots), finding_h(seeds, compare_dir, boots), finding_i(seeds, compare_dir, boots)]
     return sorted(found, key=lambda f: f.key), list(seeds)
 
 
-def write_plots(compare_dir: Path, found: list[Finding], out: Path) -> list[Path]:
+def write_plots(compare_dir: Path, found: list[Finding], out: Path,
+                seeds: dict[int, dict[str, dict[str, Any]]]) -> list[Path]:
     """Where a picture says it faster: (c) the KL share on the top tokens, wrong vs correct responses; (d)
     Phase-2 reward per step with a synced and a frozen teacher; (i) held-out accuracy against training
     generations per method. Nothing when matplotlib is missing."""
@@ -589,7 +591,6 @@ def write_plots(compare_dir: Path, found: list[Finding], out: Path) -> list[Path
         save(fig, "findings-d.png")
     spent = by_key["i"].parts.get("generations")
     if spent:
-        seeds = read_compare(compare_dir)
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
         for i, method in enumerate((*SDZERO_STAGES, *BASELINES)):
             points = [(0 if method == "base" else spent[seed].get(method),
@@ -611,7 +612,8 @@ def write_findings(cfg: FindingsConfig) -> Path:
     compare_dir = Path(cfg.compare_dir)
     if not compare_dir.is_dir():
         raise SDZeroError(f"compare_dir {compare_dir} is not a folder")
-    compare_seeds = list(read_compare(compare_dir))  # a folder findings cannot read fails before any run
+    reports = read_compare(compare_dir)  # a folder findings cannot read fails before any run; variants leave it as is
+    compare_seeds = list(reports)
     for name in cfg.variant_list():  # so does a seed whose run is not finished
         for seed in compare_seeds:
             kept_stages(compare_dir / f"seed-{seed}" / "sdzero", VARIANTS[name][0])
@@ -619,7 +621,7 @@ def write_findings(cfg: FindingsConfig) -> Path:
         for seed in compare_seeds:
             info(f"[findings] seed {seed}: {name}")
             run_variant(compare_dir, seed, name)
-    found, seeds = compute_findings(compare_dir, cfg.bootstrap)
+    found, seeds = compute_findings(compare_dir, cfg.bootstrap, reports)
     out = Path(cfg.output_dir) if cfg.output_dir else compare_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# The paper's findings on this setting", "",
@@ -631,7 +633,7 @@ def write_findings(cfg: FindingsConfig) -> Path:
     for f in found:
         lines.append(f"| {f.key} | {f.claim} | {f.paper} | {f.ours} | {f.interval} | **{f.verdict}** |")
     try:
-        plots = write_plots(compare_dir, found, out)
+        plots = write_plots(compare_dir, found, out, reports)
     except Exception as e:  # hours of runs are not lost to a picture
         info(f"[findings] no plots: {type(e).__name__}: {e}")
         plots = []
