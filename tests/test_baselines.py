@@ -235,6 +235,7 @@ def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_
         assert state[m]["budget"] == sdzero_spent  # matched budgets
         assert state[m]["generations"] <= sdzero_spent
         assert (seed / f"eval-{m}.json").is_file()
+        assert (seed / m / "model").is_dir() and not (seed / m / "checkpoints").exists()  # finished: not resumed
     assert state["sdft"]["generations"] == sdzero_spent  # 40 = 10 steps x 4
     report = (out / "report" / "results.md").read_text()
     for label in ("Base", "RFT", "GRPO", "SDFT", "SRT", "SD-Zero"):

@@ -35,6 +35,9 @@ def test_run_goes_through_every_stage_and_reports(tiny_model_dir, tmp_path, caps
     assert list((out / "report").glob("selfloc-step-*.html"))
     log = (out / "sdzero.log").read_text()  # the run's messages, time-stamped, beside its outputs
     assert "[run] srt ..." in log and "[run] eval-sdzero ..." in log
+    # A finished stage is never resumed: its checkpoints (3 GB a stage at 135M) are gone, its model stays.
+    assert "distill: finished, its checkpoints removed" in log and not (out / "distill" / "checkpoints").exists()
+    assert (out / "distill" / "model" / "config.json").is_file()
     # Started again: nothing is redone.
     capsys.readouterr()
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS]) == 0
@@ -46,12 +49,13 @@ def test_run_goes_through_every_stage_and_reports(tiny_model_dir, tmp_path, caps
     # With another Phase-2 setting: Phase 2 and the stages after it are redone, the others kept, and the old
     # Phase-2 outputs move to superseded/ with the settings they were made under (a sweep keeps every point).
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(out), *ARGS, "--distill_max_steps",
-                 "3"]) == 0
+                 "3", "--keep_checkpoints", "true"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("skipped") == 4 and "re-running distill, eval-sdzero, report" in printed
     again = json.loads((out / "stages.json").read_text())
     assert again["distill"]["generations"] == 12 and again["settings"]["distill_max_steps"] == 3
     assert again["collect"] == state["collect"] and again["srt"] == state["srt"]
+    assert list((out / "distill" / "checkpoints").glob("step-*"))  # kept when asked
     (old,) = (out / "superseded").iterdir()
     assert json.loads((old / "stages.json").read_text())["settings"]["distill_max_steps"] == 2
     assert len((old / "distill" / "log.jsonl").read_text().splitlines()) == 2

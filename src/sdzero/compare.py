@@ -26,7 +26,7 @@ from typing import Any
 from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import check_output_dir
 from sdzero.logs import info, log_file
-from sdzero.runfolder import read_baselines, write_baselines
+from sdzero.runfolder import drop_checkpoints, read_baselines, write_baselines
 
 
 
@@ -237,5 +237,7 @@ def run_baseline(ctx: Any, method: str, folder: Path, budget_generations: int, t
                      "budget": budget_generations, "train_seconds": round(train_s, 1),
                      "seconds": round(time.perf_counter() - t0, 1), "curve": curve}
     write_baselines(folder, state)
+    if not run_cfg.keep_checkpoints:
+        drop_checkpoints(config.output_dir)
     info(f"[compare] seed {seed}: {method} avg@{ec.num_samples} {metrics[f'avg@{ec.num_samples}']:.3f}, "
           f"{budget.generations} generations")

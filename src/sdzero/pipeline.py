@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 from sdzero.errors import SDZeroError
 from sdzero.files import atomic_write_json, check_output_dir
 from sdzero.logs import info, log_file
-from sdzero.runfolder import STAGE_OUTPUTS, STAGES, read_stages, write_stages
+from sdzero.runfolder import STAGE_OUTPUTS, STAGES, drop_checkpoints, read_stages, write_stages
 
 # `sdzero run`'s own defaults for fields shared with the other commands: sized so that the whole pipeline
 # fits a laptop-class CPU (README, "The main job"). A recipe or flags override them. The 200 validation
@@ -72,7 +72,7 @@ SHARED_TRAINING = {"use_lora": (False, "Train LoRA adapters in SRT and Phase 2 (
 EVALUATION_FIELDS = ("eval_split", "eval_num_samples", "eval_revise")
 # Settings that change how a stage runs or logs, not what it produces: a change redoes nothing.
 BOOKKEEPING_FIELDS = ("report_to", "gradient_checkpointing", "logging_steps", "save_steps", "save_total_limit",
-                      "push_to_hub", "hub_model_id", "hub_private")
+                      "keep_checkpoints", "push_to_hub", "hub_model_id", "hub_private")
 
 
 def _stage_config_class(stage: str) -> type:
@@ -105,6 +105,9 @@ def _run_config_class() -> type:
                                                                       "rate."})),
         *[(name, type(default), field(default=default, metadata={"help": help}))
           for name, (default, help) in SHARED_TRAINING.items()],
+        ("keep_checkpoints", bool, field(default=False, metadata={
+            "help": "Keep the checkpoints of finished training stages (SRT, Phase 2, the baselines); by default they "
+                    "are deleted once the stage's model is saved (3 GB per stage for the 135M default)."})),
         ("push_to_hub", bool, field(default=False, metadata={
             "help": "After the report, upload the SD-Zero model to the Hub (--hub_model_id) with a model card: the "
                     "recipe, the measured numbers, the control phrases."})),
@@ -273,6 +276,8 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig, rerun_stale
         if processes.is_main_process:
             state[name] = {"seconds": round(time.perf_counter() - t0, 1), **(result or {})}
             write_stages(out, state)
+            if name in DISTRIBUTED_STAGES and not cfg.keep_checkpoints:
+                drop_checkpoints(out / STAGE_OUTPUTS[name])
         processes.wait_for_everyone()
         state = {**read_stages(out), "settings": state["settings"]}
 

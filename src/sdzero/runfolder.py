@@ -4,17 +4,20 @@
   distill/log.jsonl          Phase 2's per-step log (also SDFT's), read by reports and `sdzero compare`
   stages.json                what `sdzero run` finished, with wall times and the run's settings
   baselines.json             what `sdzero compare` finished for one seed
+  STAGE/checkpoints          a training stage's checkpoints, deleted once it finished (unless kept)
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 from sdzero.errors import SDZeroError
 from sdzero.files import atomic_write_json, atomic_write_text, read_jsonl
+from sdzero.logs import info
 
 # `sdzero run`'s stages in order, and what each leaves in the run folder
 STAGES = ("eval-base", "collect", "srt", "eval-srt", "distill", "eval-sdzero", "report")
@@ -122,3 +125,16 @@ def read_baselines(seed_dir: str | Path) -> dict[str, Any]:
 
 def write_baselines(seed_dir: str | Path, state: dict[str, Any]) -> None:
     atomic_write_json(Path(seed_dir) / BASELINES_FILE, state)
+
+
+def drop_checkpoints(stage_dir: str | Path) -> None:
+    """Delete STAGE_DIR/checkpoints once the stage is recorded finished: a finished stage is never resumed, and
+    its checkpoints (weights, optimizer state, teacher) outweigh the model many times (3 GB for the 135M default,
+    per stage). A linked folder (a findings variant sharing another run's stage) is left alone."""
+    target = Path(stage_dir) / "checkpoints"
+    if Path(stage_dir).is_symlink() or target.is_symlink() or not target.is_dir():
+        return
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    shutil.rmtree(target, ignore_errors=True)
+    info(f"[run] {Path(stage_dir).name}: finished, its checkpoints removed ({size / 1e9:.1f} GB; "
+         "--keep_checkpoints keeps them)")
