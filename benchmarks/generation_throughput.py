@@ -6,11 +6,13 @@
 Same model, prompts, batch size, cap and temperature for both; the two decoders alternate (compact,
 generate, compact, generate, ...) so that machine noise hits both alike. Prints responses/s and
 response tokens/s of each, and the ratio; then the cost of one decoding step at batch 1 and at the batch
-size, which is why the compact decoder refills its batch instead of letting it shrink; then the compact
-decoder at each of --batch_sizes on the same prompts, and its distance to the machine's floor: a decoding
-step must read every weight once (weights' bytes / the measured read bandwidth) and do 2 x parameters x
-batch multiply-adds (/ the measured matmul rate in the model's dtype), so the larger of the two is the
-least a step can take, and batch / that time the most tokens per second at that batch size.
+size, which is why the compact decoder refills its batch instead of letting it shrink; then the cost of
+drawing a token from the logits (sdzero's sampler against softmax + torch.multinomial, which `generate`
+uses); then the compact decoder at each of --batch_sizes on the same prompts, and its distance to the
+machine's floor: a decoding step must read every weight once (weights' bytes / the measured read
+bandwidth) and do 2 x parameters x batch multiply-adds (/ the measured matmul rate in the model's dtype),
+so the larger of the two is the least a step can take, and batch / that time the most tokens per second
+at that batch size.
 """
 
 from __future__ import annotations
@@ -63,6 +65,13 @@ def main() -> None:
     one, full = step_ms(model, 1), step_ms(model, args.batch_size)
     print(f"one decoding step (60-token context): {one:.0f} ms at batch 1, {full:.0f} ms at batch "
           f"{args.batch_size} ({full / one:.1f}x the time for {args.batch_size}x the rows)")
+    # Drawing the token: a decoding step's other half. torch.multinomial (what `generate` uses, and the compact
+    # decoder before) draws one exponential per vocabulary entry; sdzero's draw inverts the cumulative sum.
+    vocab = model.get_output_embeddings().weight.shape[0]
+    for b in sorted({1, args.batch_size, *map(int, args.batch_sizes.split(","))}):
+        ours, multinomial = draw_ms(vocab, b, args.temperature)
+        print(f"drawing a token, batch {b:>4}: sdzero {ours:6.1f} ms, softmax + torch.multinomial "
+              f"{multinomial:6.1f} ms ({multinomial / ours:.1f}x)")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     by_batch = {b: {"s": 0.0, "tokens": 0, "seqs": 0} for b in batch_sizes}
     for r in range(args.rounds):
@@ -115,6 +124,26 @@ def read_bandwidth(megabytes: int = 1024, rounds: int = 5) -> float:
         buf.sum()
         best = min(best, time.perf_counter() - t0)
     return buf.numel() * 4 / best
+
+
+def draw_ms(vocab: int, batch: int, temperature: float, rounds: int = 10) -> tuple[float, float]:
+    """Milliseconds to draw one token per row from bf16 logits: sdzero's sampler, then softmax + multinomial."""
+    import torch
+
+    from sdzero.generation import _sample
+
+    logits = (torch.randn(batch, vocab) * 3).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    ways = {"sdzero": lambda: _sample(logits, temperature, 1.0, g),
+            "multinomial": lambda: torch.multinomial(torch.softmax(logits.float() / temperature, -1), 1, generator=g)}
+    times = {}
+    for name, draw in ways.items():
+        draw()
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            draw()
+        times[name] = (time.perf_counter() - t0) / rounds * 1000
+    return times["sdzero"], times["multinomial"]
 
 
 def step_ms(model, batch: int, context: int = 60, steps: int = 20) -> float:

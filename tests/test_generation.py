@@ -170,6 +170,28 @@ def test_sampling_respects_temperature_and_top_p():
     assert abs((draws == 3).float().mean().item() - 0.05) < 0.015
 
 
+def test_block_draw_follows_the_distribution_across_blocks_and_padding():
+    """The two-level draw (a block by its mass, then an entry in it) samples exactly probs: a chi-square over 300
+    entries (two full blocks of 128 and a padded one), and an entry of zero weight is never drawn."""
+    from sdzero.generation import _draw
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(300, generator=g) * 2, -1)
+    probs[[0, 127, 128, 299]] = 0.0  # the edges of every block
+    n = 100_000
+    counts = torch.bincount(_draw(probs.expand(n, -1).contiguous(), g, block=128), minlength=300).double()
+    assert counts[[0, 127, 128, 299]].sum() == 0
+    expected = probs.double() / probs.sum() * n
+    seen = expected > 0
+    chi2 = (((counts - expected)[seen] ** 2) / expected[seen]).sum().item()
+    dof = int(seen.sum()) - 1
+    assert chi2 < dof + 5 * (2 * dof) ** 0.5, chi2  # 5 standard deviations above the mean of chi2(dof)
+    # Unnormalised weights, as the decoder passes them, give the same draws as the normalised ones.
+    w = probs.expand(8, -1) * 37.0
+    assert torch.equal(_draw(w, torch.Generator().manual_seed(1)), _draw(probs.expand(8, -1),
+                                                                          torch.Generator().manual_seed(1)))
+
+
 def test_every_entry_point_generates_with_the_commands_batch_size():
     """The Python API and the baselines default to the batch size the commands use (GenerationConfig), so a
     run from Python decodes as a run from the command line does."""

@@ -148,7 +148,7 @@ class HFGenerator(Generator):
                 live += group
                 for it in group:
                     out[it] = []
-            token = _sample(logits.float(), params.temperature, params.top_p, rng)
+            token = _sample(logits, params.temperature, params.top_p, rng)
             for it, t in zip(live, token.tolist()):
                 out[it].append(t)
             made += 1
@@ -244,13 +244,37 @@ def _sample(logits: Any, temperature: float, top_p: float, generator: Any = None
 
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    # softmax(logits / T) without its normalisation (the draw does not need it), in one fp32 copy: at batch 128
+    # every temporary is 25 MB, and allocating it cost as much as computing it
+    weights = logits.to(torch.float32, copy=True).div_(temperature)
+    weights = weights.sub_(weights.amax(-1, keepdim=True)).exp_()
     if top_p < 1.0:
+        probs = weights / weights.sum(-1, keepdim=True)
         sorted_p, order = probs.sort(dim=-1, descending=True)
         outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest prefix whose mass reaches top_p
         sorted_p = sorted_p.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        weights = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return _draw(weights, generator)
+
+
+def _draw(probs: Any, generator: Any = None, block: int = 256) -> Any:
+    """One index per row with probability proportional to `probs` (rows of non-negative weights), by inverting
+    the cumulative sum in two levels: a block of `block` entries by the blocks' masses, then an entry within it.
+
+    Exact, like `torch.multinomial`, but it draws two uniforms per row where multinomial draws one exponential
+    per vocabulary entry: over a 49K vocabulary at batch 128 that was 6M draws and most of a decoding step."""
+    import torch
+    import torch.nn.functional as F
+
+    rows, width = probs.shape
+    blocks = (F.pad(probs, (0, -width % block)) if width % block else probs.contiguous()).view(rows, -1, block)
+    u = torch.rand(rows, 2, generator=generator, dtype=torch.float64, device=probs.device)
+    outer = blocks.sum(-1).double().cumsum(-1)  # [rows, blocks]; a float64 sum of the entries was 25x slower
+    # right=True: the first block whose cumulative mass exceeds the target, so never one with no mass
+    b = torch.searchsorted(outer, u[:, :1] * outer[:, -1:], right=True).clamp(max=outer.shape[1] - 1)
+    inner = blocks[torch.arange(rows, device=probs.device), b.squeeze(1)].double().cumsum(-1)  # [rows, block]
+    i = torch.searchsorted(inner, u[:, 1:] * inner[:, -1:], right=True).clamp(max=block - 1)
+    return (b * block + i).squeeze(1)
 
 
 def _join_caches(cache: Any, mask: Any, new_cache: Any, new_mask: Any) -> tuple[Any, Any]:
