@@ -135,18 +135,19 @@ def test_zero_variance_groups_have_zero_advantage_and_leave_the_loss(tiny_model_
 
     from trl import GRPOConfig
 
-    questions = parity.split({"train": 6})["train"]
+    questions = parity.split({"train": 12})["train"]
     seen_rewards = []
 
     def reward(prompts, completions, completion_ids, question_index, **kw):
-        # Question 0 mod 3: always right, 1 mod 3: always wrong (zero variance); else parity of the text.
-        out = [1.0 if i % 3 == 0 else 0.0 if i % 3 == 1 else float(len(c[-1]["content"]) % 2 == 0)
+        # Question 0 mod 3: always right, 1 mod 3: always wrong (zero variance); else the parity of the text's
+        # character codes, a coin per sample (its length was not: 6 two-character tokens are always even).
+        out = [1.0 if i % 3 == 0 else 0.0 if i % 3 == 1 else float(sum(map(ord, c[-1]["content"])) % 2 == 0)
                for i, c in zip(question_index, completions)]
         seen_rewards.append(out)
         return out
 
     cfg = GRPOBaselineConfig()
-    args = GRPOConfig(output_dir=str(tmp_path / "ckpt"), max_steps=2, per_device_train_batch_size=12,
+    args = GRPOConfig(output_dir=str(tmp_path / "ckpt"), max_steps=4, per_device_train_batch_size=12,
                       num_generations=4, max_completion_length=6, learning_rate=1e-4, loss_type=cfg.loss_type,
                       epsilon_high=cfg.epsilon_high, beta=0.0, top_k=0, use_cpu=True, report_to=[], save_strategy="no",
                       logging_steps=1, seed=0)
@@ -157,7 +158,7 @@ def test_zero_variance_groups_have_zero_advantage_and_leave_the_loss(tiny_model_
                                    str(tiny_model_dir)))
     trainer.sdzero_trace = []
     trainer.train()
-    assert len(trainer.sdzero_trace) == 2 and len(seen_rewards) == 2
+    assert len(trainer.sdzero_trace) == 4 and len(seen_rewards) == 4
     some_zero = some_live = False
     for rewards, batch in zip(seen_rewards, trainer.sdzero_trace):
         for g in range(0, len(rewards), 4):  # TRL puts a question's group on consecutive rows
