@@ -173,7 +173,7 @@ def test_sampling_respects_temperature_and_top_p():
 def test_block_draw_follows_the_distribution_across_blocks_and_padding():
     """The two-level draw (a block by its mass, then an entry in it) samples exactly probs: a chi-square over 300
     entries (two full blocks of 128 and a padded one), and an entry of zero weight is never drawn."""
-    from sdzero.generation import _draw
+    from sdzero.generation import _draw, _sample
 
     g = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(300, generator=g) * 2, -1)
@@ -186,6 +186,9 @@ def test_block_draw_follows_the_distribution_across_blocks_and_padding():
     chi2 = (((counts - expected)[seen] ** 2) / expected[seen]).sum().item()
     dof = int(seen.sum()) - 1
     assert chi2 < dof + 5 * (2 * dof) ** 0.5, chi2  # 5 standard deviations above the mean of chi2(dof)
+    # Logits of a diverged model: one clear error, as multinomial gave, not a silent token.
+    with pytest.raises(SDZeroError, match="NaN or inf"):
+        _sample(torch.tensor([[0.0, float("nan"), 1.0]]), 1.0, 1.0)
     # Unnormalised weights, as the decoder passes them, give the same draws as the normalised ones.
     w = probs.expand(8, -1) * 37.0
     assert torch.equal(_draw(w, torch.Generator().manual_seed(1)), _draw(probs.expand(8, -1),

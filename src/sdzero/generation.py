@@ -270,6 +270,10 @@ def _draw(probs: Any, generator: Any = None, block: int = 256) -> Any:
     blocks = (F.pad(probs, (0, -width % block)) if width % block else probs.contiguous()).view(rows, -1, block)
     u = torch.rand(rows, 2, generator=generator, dtype=torch.float64, device=probs.device)
     outer = blocks.sum(-1).double().cumsum(-1)  # [rows, blocks]; a float64 sum of the entries was 25x slower
+    total = outer[:, -1]
+    if not bool(((total > 0) & torch.isfinite(total)).all()):  # multinomial raised here; searchsorted would not
+        raise SDZeroError("cannot sample: the model's next-token probabilities hold NaN or inf, or are all zero "
+                          "(a diverged model? try a lower learning rate)")
     # right=True: the first block whose cumulative mass exceeds the target, so never one with no mass
     b = torch.searchsorted(outer, u[:, :1] * outer[:, -1:], right=True).clamp(max=outer.shape[1] - 1)
     inner = blocks[torch.arange(rows, device=probs.device), b.squeeze(1)].double().cumsum(-1)  # [rows, block]
