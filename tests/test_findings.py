@@ -43,7 +43,8 @@ def make_compare(root, seeds=(0, 1), methods=None, heatmaps=True, same_draws=Fal
         (folder / "sdzero" / "stages.json").write_text(json.dumps(
             {s: {"generations": spent[s], "seconds": 1.0} for s in ("collect", "distill")}))
         (folder / "baselines.json").write_text(json.dumps(
-            {m: {"generations": spent[m]} for m in ("rft", "grpo", "sdft") if m in methods}))
+            {m: {"generations": spent[m], "sampled_tokens": 0, "train_seconds": 1.0}  # as a compare records them
+             for m in ("rft", "grpo", "sdft") if m in methods}))
         if heatmaps:  # wrong responses: KL on one token; correct ones: flat
             selfloc = folder / "sdzero" / "distill" / "selfloc"
             selfloc.mkdir(parents=True)

@@ -496,18 +496,12 @@ def finding_h(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -
 
 
 def generations_spent(compare_dir: Path, seed: int) -> dict[str, int]:
-    """Training generations per method of one compare seed: SRT's are Phase 1's, SD-Zero's Phase 1 + 2's."""
-    from sdzero.runfolder import read_baselines, read_stages
+    """Training generations per evaluated method of one compare seed (SRT's are Phase 1's, SD-Zero's Phase 1 +
+    2's), as the compare's report counts them."""
+    from sdzero.reports import collect_rows
 
-    folder = _seed_folders(compare_dir)[seed]
-    stages = read_stages(folder / "sdzero")
-    spent = {}
-    if "generations" in stages.get("collect", {}):
-        spent["srt"] = int(stages["collect"]["generations"])
-        if "generations" in stages.get("distill", {}):
-            spent["sdzero"] = spent["srt"] + int(stages["distill"]["generations"])
-    spent.update({m: int(r["generations"]) for m, r in read_baselines(folder).items() if "generations" in r})
-    return spent
+    rows = collect_rows(compare_dir, [seed], list(BASELINES))
+    return {m: int(row["seeds"][seed]["train_generations"]) for m, row in rows.items() if m != "base"}
 
 
 def finding_i(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -> Finding:

