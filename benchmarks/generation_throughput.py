@@ -3,16 +3,17 @@
     python benchmarks/generation_throughput.py                      # embedded model, 64 prompts, 128-token cap
     python benchmarks/generation_throughput.py --model outputs/srt-embedded/model --prompts 96
 
-Same model, prompts, batch size, cap and temperature for both; the two decoders alternate (compact,
-generate, compact, generate, ...) so that machine noise hits both alike. Prints responses/s and
-response tokens/s of each, and the ratio; then the cost of one decoding step at batch 1 and at the batch
-size, which is why the compact decoder refills its batch instead of letting it shrink; then the cost of
-drawing a token from the logits (sdzero's sampler against softmax + torch.multinomial, which `generate`
-uses); then the compact decoder at each of --batch_sizes on the same prompts, and its distance to the
-machine's floor: a decoding step must read every weight once (weights' bytes / the measured read
-bandwidth) and do 2 x parameters x batch multiply-adds (/ the measured matmul rate in the model's dtype),
-so the larger of the two is the least a step can take, and batch / that time the most tokens per second
-at that batch size.
+Same model, prompts, batch size, cap and temperature for both; the two decoders alternate (compact, generate,
+compact, generate, ...) so that machine noise hits both alike. Prints responses/s and response tokens/s of
+each, and the ratio; then the cost of one decoding step at batch 1 and at the batch size, which is why the
+compact decoder refills its batch instead of letting it shrink; then a step as transformers runs it, with the
+weights laid out once for oneDNN, and also with a KV cache that appends in place (the last two: what the
+compact decoder does); then the cost of drawing a token from the logits (sdzero's sampler against softmax +
+torch.multinomial, which `generate` uses); then the compact decoder at each of --batch_sizes on the same
+prompts, and its distance to the machine's floor: a decoding step must read every weight once (weights' bytes
+/ the measured read bandwidth) and do 2 x parameters x batch multiply-adds (/ the measured matmul rate in the
+model's dtype), so the larger of the two is the least a step can take, and batch / that time the most tokens
+per second at that batch size.
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ def main() -> None:
     one, full = step_ms(model, 1), step_ms(model, args.batch_size)
     print(f"one decoding step (60-token context): {one:.0f} ms at batch 1, {full:.0f} ms at batch "
           f"{args.batch_size} ({full / one:.1f}x the time for {args.batch_size}x the rows)")
+    # The matmuls' weights: a plain bf16 matmul on the CPU lays its weight out for oneDNN on every call; the
+    # compact decoder lays every weight out once per generation (sdzero.generation.packed_linear_weights).
+    # The KV cache: transformers' DynamicCache copies every layer's cache to append a column; sdzero's appends
+    # in place (sdzero.generation._roomy_cache).
+    for b in sorted({args.batch_size, *map(int, args.batch_sizes.split(","))}):
+        plain = step_ms(model, b, packed=False, roomy=False)
+        packed = step_ms(model, b, roomy=False)
+        both = step_ms(model, b)
+        print(f"one decoding step at batch {b:>4}: plain {plain:.0f} ms; weights laid out once {packed:.0f} ms "
+              f"({plain / packed:.2f}x); and the cache appended in place {both:.0f} ms ({plain / both:.2f}x)")
     # Drawing the token: a decoding step's other half. torch.multinomial (what `generate` uses, and the compact
     # decoder before) draws one exponential per vocabulary entry; sdzero's draw inverts the cumulative sum.
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -146,13 +157,19 @@ def draw_ms(vocab: int, batch: int, temperature: float, rounds: int = 10) -> tup
     return times["sdzero"], times["multinomial"]
 
 
-def step_ms(model, batch: int, context: int = 60, steps: int = 20) -> float:
-    """Mean milliseconds of one cached decoding step (no sampling) at this batch size."""
+def step_ms(model, batch: int, context: int = 60, steps: int = 20, packed: bool = True, roomy: bool = True) -> float:
+    """Mean milliseconds of one cached decoding step (no sampling) at this batch size; `packed`: the linear
+    layers' weights laid out once for oneDNN, `roomy`: a KV cache that appends in place; both as the
+    compact decoder runs; neither: transformers' DynamicCache and plain layers."""
+    from contextlib import nullcontext
+
     import torch
     from transformers import DynamicCache
 
-    cache = DynamicCache()
-    with torch.no_grad():
+    from sdzero.generation import _roomy_cache, packed_linear_weights
+
+    cache = _roomy_cache() if roomy else DynamicCache()
+    with torch.no_grad(), packed_linear_weights(model) if packed else nullcontext():
         model(input_ids=torch.randint(0, 1000, (batch, context)), past_key_values=cache, use_cache=True,
               logits_to_keep=1)
         token = torch.randint(0, 1000, (batch, 1))

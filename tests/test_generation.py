@@ -121,11 +121,16 @@ def test_vllm_backend_without_vllm_is_a_clear_error(tokenizer, tiny_model):
         make_generator("tgi", tiny_model, tokenizer)
 
 
-@pytest.mark.parametrize("batch_size", [2, 3, 16])
-def test_compact_decoding_matches_transformers_generate_greedily(tokenizer, batch_size):
+@pytest.mark.parametrize("batch_size,room", [(2, 16), (3, 16), (16, 16), (3, 1), (16, 2)])
+def test_compact_decoding_matches_transformers_generate_greedily(tokenizer, batch_size, room, monkeypatch):
     """Dropping finished rows and refilling the batch with waiting prompts (joined to a running KV cache of
-    another width) changes nothing in what each row generates."""
+    another width) changes nothing in what each row generates; nor does the cache's room to append in place
+    (`room` 1: a reallocation every step)."""
     from conftest import make_model
+
+    from sdzero.generation import _roomy_layer_class
+
+    monkeypatch.setattr(_roomy_layer_class(), "room", room)
 
     tiny_model = make_model(tokenizer, seed=7)
     with torch.no_grad():  # larger random weights: greedy text that varies (a near-zero init copies its input)
@@ -147,6 +152,43 @@ def test_compact_decoding_matches_transformers_generate_greedily(tokenizer, batc
         results[decode] = [(c.ids, c.finish_reason) for cs in gen.generate(prompts, params) for c in cs]
     assert results["compact"] == results["generate"]
     assert {r for _, r in results["compact"]} == {"stop", "length"}  # both kinds of ending were exercised
+
+
+@pytest.mark.parametrize("room", [1, 3, 16])
+def test_roomy_cache_layer_holds_what_transformers_dynamic_layer_holds(room):
+    """The compact decoder's in-place cache layer against DynamicLayer through the decoder's operations: a
+    prefill, a column per step, finished rows dropped, leading columns forgotten, another batch joined."""
+    from transformers.cache_utils import DynamicLayer
+
+    from sdzero.generation import _roomy_layer_class
+
+    g = torch.Generator().manual_seed(room)
+    ours, ref = _roomy_layer_class()(), DynamicLayer()
+    ours.room = room
+
+    def states(rows, columns):
+        return torch.randn(rows, 2, columns, 4, generator=g), torch.randn(rows, 2, columns, 4, generator=g)
+
+    ref.update(*states(6, 7))  # the prefill
+    ours.update(ref.keys.clone(), ref.values.clone())
+    for step in range(60):
+        rows, width = ref.keys.shape[0], ref.keys.shape[2]
+        if step % 3 == 2 and rows > 1:  # rows finished
+            keep = torch.randperm(rows, generator=g)[: rows - 1].sort().values
+            ours.batch_select_indices(keep)
+            ref.batch_select_indices(keep)
+        if step % 4 == 3 and width > 3:  # columns no live row uses
+            ours.drop_leading(2)
+            ref.keys, ref.values = ref.keys[:, :, 2:], ref.values[:, :, 2:]
+        if step % 11 == 10:  # waiting prompts joined
+            joined = [torch.cat([t, torch.randn(2, *t.shape[1:], generator=g)]) for t in (ref.keys, ref.values)]
+            ours.replace(*joined)
+            ref.keys, ref.values = joined
+        new = states(ref.keys.shape[0], 1)
+        got = ours.update(*new)
+        want = ref.update(*new)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), step
+        assert ours.get_seq_length() == ref.get_seq_length()
 
 
 def test_compact_decoder_refills_the_batch(tiny_model, tokenizer, prompts):
@@ -211,3 +253,59 @@ def test_every_entry_point_generates_with_the_commands_batch_size():
                      (rft.run_rft, "generation_batch_size"), (sdft.run_sdft, "generation_batch_size"),
                      (grpo.run_grpo, "generation_batch_size")):
         assert inspect.signature(fn).parameters[name].default == default, fn
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU's oneDNN has no bf16 kernels")
+@pytest.mark.parametrize("weights", ["bf16", "fp32 under bf16 autocast"])
+def test_packed_linear_weights_compute_what_the_plain_layers_do(tokenizer, weights):
+    """The compact decoder's weights laid out once for oneDNN: the logits of the plain bf16 layers (bf16
+    products, fp32 sums, possibly summed in another order), and every layer as it was afterwards."""
+    from conftest import make_model
+
+    from sdzero.generation import packed_linear_weights
+
+    model = make_model(tokenizer, seed=3, hidden=64)
+    with torch.no_grad():
+        for w in model.parameters():
+            if w.dim() == 2:
+                w.normal_(0.0, 0.3)
+    autocast = weights != "bf16"
+    model = model.to(torch.float32 if autocast else torch.bfloat16)
+    ids = torch.randint(0, len(tokenizer), (3, 9), generator=torch.Generator().manual_seed(0))
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        plain = model(ids).logits.float()
+        with packed_linear_weights(model) as switched:
+            packed = model(ids).logits.float()
+        again = model(ids).logits.float()
+    assert switched == len(linears) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the head
+    assert plain.abs().max() > 1.0  # logits large enough for a wrong weight to show
+    torch.testing.assert_close(packed, plain, atol=0.05, rtol=0.02)
+    assert all("forward" not in vars(m) for m in linears)
+    assert torch.equal(again, plain)
+
+
+def test_packed_linear_weights_leave_fp32_layers_alone(tiny_model):
+    from sdzero.generation import packed_linear_weights
+
+    with packed_linear_weights(tiny_model) as switched:  # fp32, no autocast: plain matmuls are what it asked for
+        assert switched == 0
+        assert all("forward" not in vars(m) for m in tiny_model.modules())
+
+
+def test_compact_decoder_runs_with_packed_weights(tiny_model, tokenizer, prompts, monkeypatch):
+    import sdzero.generation as generation
+
+    entered = []
+    real = generation.packed_linear_weights
+
+    def spy(model):
+        entered.append(model)
+        return real(model)
+
+    monkeypatch.setattr(generation, "packed_linear_weights", spy)
+    HFGenerator(tiny_model, tokenizer, batch_size=2, show_progress=False).generate(prompts, SamplingParams(4))
+    assert entered == [tiny_model]
+    HFGenerator(tiny_model, tokenizer, batch_size=2, show_progress=False, decode="generate").generate(
+        prompts, SamplingParams(4))
+    assert entered == [tiny_model]  # transformers' generate stays the plain reference

@@ -15,12 +15,18 @@ Simplifications of `HFGenerator`, stated up front:
   different batch size gives different (equally valid) samples.
 - Sampling is plain temperature sampling over the full vocabulary (top-k off, top-p 1.0 unless asked),
   because the methods assume samples from the policy itself.
+- On a CPU with oneDNN bf16 kernels, the compact decoder runs the model's bf16 linear layers from weights
+  laid out once per call in oneDNN's blocked format (`packed_linear_weights`): a plain bf16 matmul lays
+  the weight out again every time, in every layer of every step. Same arithmetic (bf16 products, fp32
+  sums), the sums possibly in another order; a copy of the weights for the length of the call. Its KV
+  cache appends each step's column in place rather than copying the whole cache (`_roomy_cache`).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 
 from sdzero.errors import SDZeroError
@@ -115,7 +121,6 @@ class HFGenerator(Generator):
         `generate` with do_sample, top_k=0 (temperature, then top-p); greedy when T = 0.
         """
         import torch
-        from transformers import DynamicCache
 
         device = next(self.model.parameters()).device
         rng = torch.Generator(device=device).manual_seed(seed)
@@ -130,7 +135,7 @@ class HFGenerator(Generator):
         def prefill(group: list[tuple[int, int]]) -> tuple[Any, Any, Any, Any]:
             ids, m = (t.to(device) for t in _left_pad([prompts[i] for i, _ in group], self.pad_id))
             pos = (m.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
-            c = DynamicCache()
+            c = _roomy_cache()
             lg = self.model(input_ids=ids, attention_mask=m, position_ids=pos, past_key_values=c, use_cache=True,
                             logits_to_keep=1).logits[:, -1]
             return c, m, pos[:, -1] + 1, lg
@@ -165,7 +170,7 @@ class HFGenerator(Generator):
                 if lead:
                     mask = mask[:, lead:]
                     for layer in cache.layers:
-                        layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+                        layer.drop_leading(lead)
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             logits = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                                 past_key_values=cache, use_cache=True).logits[:, -1]
@@ -203,7 +208,7 @@ class HFGenerator(Generator):
         bar = progress(len(items), desc, unit="seq", disable=not self.show_progress, leave=False)
         try:
             if self.decode == "compact":
-                with torch.no_grad():
+                with torch.no_grad(), packed_linear_weights(self.model):
                     done = self._decode_stream(prompts, items, params, seed * 1_000_003, bar)
                 for (i, j), ids in done.items():
                     out[i][j] = self._finish(ids)
@@ -281,6 +286,52 @@ def _draw(probs: Any, generator: Any = None, block: int = 256) -> Any:
     return (b * block + i).squeeze(1)
 
 
+@contextmanager
+def packed_linear_weights(model: Any) -> Iterator[int]:
+    """Within the block, the model's `torch.nn.Linear` layers that compute in bf16 on the CPU (bf16 weights,
+    or fp32 weights under bf16 autocast) multiply by a copy of their weight reordered once into oneDNN's
+    blocked layout; yields how many layers were switched (0 where oneDNN has no bf16 kernels, on other
+    devices and dtypes: nothing changes there). On exit every layer is as it was.
+
+    Why: a bf16 matmul on the CPU reorders its weight on every call, and a decoding step is ~120 small matmuls
+    that each read their weight once (benchmarks/generation_throughput.py prints a step both ways). The
+    weights are taken as they are at entry: enter it per generation, never across a training step."""
+    import torch
+
+    mkldnn = torch.ops.mkldnn
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    switched: list[Any] = []
+    try:
+        if hasattr(mkldnn, "_reorder_linear_weight") and mkldnn._is_mkldnn_bf16_supported():
+            for layer in model.modules():
+                w = getattr(layer, "weight", None)
+                if type(layer) is not torch.nn.Linear or w is None or w.device.type != "cpu" or not (
+                        w.dtype == torch.bfloat16 or (w.dtype == torch.float32 and autocast_bf16)):
+                    continue
+                packed = mkldnn._reorder_linear_weight(w.detach().to(torch.bfloat16))
+                bias = None if layer.bias is None else layer.bias.detach().to(torch.bfloat16)
+                layer.forward = _packed_forward(packed, bias)  # an instance attribute shadows the class's forward
+                switched.append(layer)
+    except RuntimeError:  # a oneDNN build without these kernels for some shape: keep every layer plain
+        for layer in switched:
+            del layer.forward
+        switched = []
+    try:
+        yield len(switched)
+    finally:
+        for layer in switched:
+            del layer.forward
+
+
+def _packed_forward(packed: Any, bias: Any) -> Any:
+    import torch
+
+    def forward(x: Any) -> Any:  # as bf16 autocast would: the input in bf16, the output in bf16
+        return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), packed, bias, "none", [], "")
+
+    return forward
+
+
 def _join_caches(cache: Any, mask: Any, new_cache: Any, new_mask: Any) -> tuple[Any, Any]:
     """Stack two left-padded batches (KV caches and attention masks) into one, right-aligned."""
     import torch
@@ -288,11 +339,94 @@ def _join_caches(cache: Any, mask: Any, new_cache: Any, new_mask: Any) -> tuple[
 
     width = max(mask.shape[1], new_mask.shape[1])
     for a, b in zip(cache.layers, new_cache.layers):  # keys / values: [batch, heads, width, head_dim]
-        a.keys = torch.cat([F.pad(a.keys, (0, 0, width - mask.shape[1], 0)),
-                            F.pad(b.keys, (0, 0, width - new_mask.shape[1], 0))])
-        a.values = torch.cat([F.pad(a.values, (0, 0, width - mask.shape[1], 0)),
-                              F.pad(b.values, (0, 0, width - new_mask.shape[1], 0))])
+        a.replace(torch.cat([F.pad(a.keys, (0, 0, width - mask.shape[1], 0)),
+                             F.pad(b.keys, (0, 0, width - new_mask.shape[1], 0))]),
+                  torch.cat([F.pad(a.values, (0, 0, width - mask.shape[1], 0)),
+                             F.pad(b.values, (0, 0, width - new_mask.shape[1], 0))]))
     return cache, torch.cat([F.pad(mask, (width - mask.shape[1], 0)), F.pad(new_mask, (width - new_mask.shape[1], 0))])
+
+
+def _roomy_cache() -> Any:
+    """transformers' DynamicCache whose layers append in place (`_roomy_layer_class`) instead of concatenating."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _roomy_layer_class()  # layers are made on their first update
+    return cache
+
+
+_ROOMY_LAYER: Any = None
+
+
+def _roomy_layer_class() -> Any:
+    """A DynamicLayer that keeps its keys and values as views into buffers with spare columns at the end.
+
+    DynamicLayer concatenates each step's column onto the whole cache, a copy of every layer's cache per
+    decoding step; here a step writes its column into the room left. Dropping finished rows copies the rows
+    kept (as DynamicLayer does), with their room; running out of room reallocates. The keys and values are
+    the same numbers either way (tests: step by step against DynamicLayer, and greedy decoding against
+    `generate`)."""
+    global _ROOMY_LAYER
+    if _ROOMY_LAYER is not None:
+        return _ROOMY_LAYER
+    from transformers.cache_utils import DynamicLayer
+
+    class RoomyLayer(DynamicLayer):
+        room = 16  # spare columns per (re)allocation: a reallocation every 16 steps at most
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self._buffers = None
+            used, new = self.get_seq_length(), key_states.shape[-2]
+            if self._buffers is None or self._start + used + new > self._buffers[0].shape[-2]:
+                self._reallocate(key_states, value_states, used + new + self.room)
+            end = self._start + used + new
+            for buffer, states in zip(self._buffers, (key_states, value_states)):
+                buffer[:, :, end - new : end] = states
+            self._view(self._start, end)
+            return self.keys, self.values
+
+        def _reallocate(self, key_states: Any, value_states: Any, width: int) -> None:
+            """Fresh buffers `width` columns wide holding the cache so far at their start."""
+            used = self.get_seq_length()
+            buffers = []
+            for old, states in ((self.keys, key_states), (self.values, value_states)):
+                rows, heads, _, dim = states.shape
+                buffer = states.new_empty((rows, heads, width, dim))
+                if used:
+                    buffer[:, :, :used] = old
+                buffers.append(buffer)
+            self._buffers, self._start = tuple(buffers), 0
+
+        def _view(self, start: int, end: int) -> None:
+            self._start = start
+            self.keys, self.values = (buffer[:, :, start:end] for buffer in self._buffers)
+
+        def drop_leading(self, columns: int) -> None:
+            """Forget the first `columns` columns (no live row attends to them any more): a view, no copy."""
+            if self._buffers is None:
+                self.keys, self.values = self.keys[:, :, columns:], self.values[:, :, columns:]
+            else:
+                self._view(self._start + columns, self._start + self.get_seq_length())
+
+        def replace(self, keys: Any, values: Any) -> None:
+            """New contents (another batch joined): taken as they are, room is made at the next update."""
+            self.keys, self.values, self._buffers = keys, values, None
+
+        def batch_select_indices(self, indices: Any) -> None:
+            used = self.get_seq_length()
+            if not used:
+                return
+            if self._buffers is None:
+                self.keys, self.values = self.keys[indices], self.values[indices]
+                return
+            self._buffers = tuple(buffer.narrow(2, self._start, buffer.shape[2] - self._start).index_select(0, indices)
+                                  for buffer in self._buffers)  # the room is kept: no reallocation next step
+            self._view(0, used)
+
+    _ROOMY_LAYER = RoomyLayer
+    return RoomyLayer
 
 
 class VLLMGenerator(Generator):
