@@ -157,7 +157,8 @@ def test_compact_decoding_matches_transformers_generate_greedily(tokenizer, batc
 @pytest.mark.parametrize("room", [1, 3, 16])
 def test_roomy_cache_layer_holds_what_transformers_dynamic_layer_holds(room):
     """The compact decoder's in-place cache layer against DynamicLayer through the decoder's operations: a
-    prefill, a column per step, finished rows dropped, leading columns forgotten, another batch joined."""
+    prefill, a column per step, finished rows dropped, leading columns forgotten, another batch joined (then
+    rows dropped and columns forgotten before the next update: at steps 32 and 43)."""
     from transformers.cache_utils import DynamicLayer
 
     from sdzero.generation import _roomy_layer_class
@@ -173,6 +174,11 @@ def test_roomy_cache_layer_holds_what_transformers_dynamic_layer_holds(room):
     ours.update(ref.keys.clone(), ref.values.clone())
     for step in range(60):
         rows, width = ref.keys.shape[0], ref.keys.shape[2]
+        if step % 11 == 10:  # waiting prompts joined: keys and values set from outside, as _join_caches does
+            joined = [torch.cat([t, torch.randn(2, *t.shape[1:], generator=g)]) for t in (ref.keys, ref.values)]
+            ours.keys, ours.values = joined
+            ref.keys, ref.values = joined
+            rows = rows + 2
         if step % 3 == 2 and rows > 1:  # rows finished
             keep = torch.randperm(rows, generator=g)[: rows - 1].sort().values
             ours.batch_select_indices(keep)
@@ -180,10 +186,6 @@ def test_roomy_cache_layer_holds_what_transformers_dynamic_layer_holds(room):
         if step % 4 == 3 and width > 3:  # columns no live row uses
             ours.drop_leading(2)
             ref.keys, ref.values = ref.keys[:, :, 2:], ref.values[:, :, 2:]
-        if step % 11 == 10:  # waiting prompts joined
-            joined = [torch.cat([t, torch.randn(2, *t.shape[1:], generator=g)]) for t in (ref.keys, ref.values)]
-            ours.replace(*joined)
-            ref.keys, ref.values = joined
         new = states(ref.keys.shape[0], 1)
         got = ours.update(*new)
         want = ref.update(*new)
@@ -255,7 +257,10 @@ def test_every_entry_point_generates_with_the_commands_batch_size():
         assert inspect.signature(fn).parameters[name].default == default, fn
 
 
-@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU's oneDNN has no bf16 kernels")
+ONEDNN_BF16 = hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@pytest.mark.skipif(not ONEDNN_BF16, reason="this torch / CPU has no oneDNN bf16 kernels")
 @pytest.mark.parametrize("weights", ["bf16", "fp32 under bf16 autocast"])
 def test_packed_linear_weights_compute_what_the_plain_layers_do(tokenizer, weights):
     """The compact decoder's weights laid out once for oneDNN: the logits of the plain bf16 layers (bf16
@@ -309,3 +314,55 @@ def test_compact_decoder_runs_with_packed_weights(tiny_model, tokenizer, prompts
     HFGenerator(tiny_model, tokenizer, batch_size=2, show_progress=False, decode="generate").generate(
         prompts, SamplingParams(4))
     assert entered == [tiny_model]  # transformers' generate stays the plain reference
+
+
+@pytest.mark.skipif(not ONEDNN_BF16, reason="this torch / CPU has no oneDNN bf16 kernels")
+def test_compact_decoding_under_bf16_autocast_matches_generate(tokenizer, monkeypatch):
+    """Phase-2 rollouts: fp32 weights under bf16 autocast, every linear layer switched to its laid-out copy,
+    the same greedy tokens as transformers' `generate` under the same autocast."""
+    from contextlib import contextmanager
+
+    from conftest import make_model
+
+    import sdzero.generation as generation
+
+    model = make_model(tokenizer, seed=7)
+    with torch.no_grad():
+        for w in model.parameters():
+            if w.dim() == 2:
+                w.normal_(0.0, 0.3)
+    switched, real = [], generation.packed_linear_weights
+
+    @contextmanager
+    def counting(m):
+        with real(m) as n:
+            switched.append(n)
+            yield n
+
+    monkeypatch.setattr(generation, "packed_linear_weights", counting)
+    prompts = [chat_prompt_ids(tokenizer, q) for q in ("Hi", "What is 2+3? Think.", "abc", "Name a prime.")]
+    params = SamplingParams(max_new_tokens=10, temperature=0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        compact = HFGenerator(model, tokenizer, batch_size=3, show_progress=False).generate(prompts, params)
+        plain = HFGenerator(model, tokenizer, batch_size=4, show_progress=False, decode="generate").generate(
+            prompts, params)
+    assert switched == [2 * 7 + 1]
+    assert [c.ids for cs in compact for c in cs] == [c.ids for cs in plain for c in cs]
+
+
+def test_packed_linear_weights_restore_layers_after_an_error_and_keep_other_forwards(tokenizer):
+    from conftest import make_model
+
+    from sdzero.generation import packed_linear_weights
+
+    model = make_model(tokenizer).to(torch.bfloat16)
+    own = model.lm_head.forward
+    model.lm_head.forward = lambda x: own(x)  # a forward set on the instance before (a hook's): left alone
+    with pytest.raises(KeyError), torch.no_grad(), packed_linear_weights(model) as switched:
+        assert switched == (2 * 7 if ONEDNN_BF16 else 0)
+        with packed_linear_weights(model) as inner:  # nested: nothing more to switch
+            assert inner == 0
+        raise KeyError("an error inside the block")
+    assert [n for n, m in model.named_modules() if "forward" in vars(m)] == ["lm_head"]
+    with packed_linear_weights(model) as with_grad:  # gradients on: the detached copies would lose them
+        assert with_grad == 0

@@ -290,43 +290,50 @@ def _draw(probs: Any, generator: Any = None, block: int = 256) -> Any:
 def packed_linear_weights(model: Any) -> Iterator[int]:
     """Within the block, the model's `torch.nn.Linear` layers that compute in bf16 on the CPU (bf16 weights,
     or fp32 weights under bf16 autocast) multiply by a copy of their weight reordered once into oneDNN's
-    blocked layout; yields how many layers were switched (0 where oneDNN has no bf16 kernels, on other
-    devices and dtypes: nothing changes there). On exit every layer is as it was.
+    blocked layout; yields how many layers were switched. None is switched where oneDNN has no bf16 kernels,
+    on other devices and dtypes, with gradients on (the copies are detached), or where a layer's `forward`
+    is already replaced on the instance (a hook's, or an outer use of this). On exit, even on an error,
+    every switched layer is as it was.
 
     Why: a bf16 matmul on the CPU reorders its weight on every call, and a decoding step is ~120 small matmuls
     that each read their weight once (benchmarks/generation_throughput.py prints a step both ways). The
-    weights are taken as they are at entry: enter it per generation, never across a training step."""
+    weights are taken as they are at entry: enter it per generation, never across a training step. Memory:
+    a bf16 copy of every switched weight for the length of the block."""
     import torch
 
     mkldnn = torch.ops.mkldnn
     autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     switched: list[Any] = []
     try:
-        if hasattr(mkldnn, "_reorder_linear_weight") and mkldnn._is_mkldnn_bf16_supported():
-            for layer in model.modules():
-                w = getattr(layer, "weight", None)
-                if type(layer) is not torch.nn.Linear or w is None or w.device.type != "cpu" or not (
-                        w.dtype == torch.bfloat16 or (w.dtype == torch.float32 and autocast_bf16)):
-                    continue
-                packed = mkldnn._reorder_linear_weight(w.detach().to(torch.bfloat16))
-                bias = None if layer.bias is None else layer.bias.detach().to(torch.bfloat16)
-                layer.forward = _packed_forward(packed, bias)  # an instance attribute shadows the class's forward
-                switched.append(layer)
-    except RuntimeError:  # a oneDNN build without these kernels for some shape: keep every layer plain
-        for layer in switched:
-            del layer.forward
-        switched = []
-    try:
+        if (not torch.is_grad_enabled() and hasattr(mkldnn, "_reorder_linear_weight")
+                and mkldnn._is_mkldnn_bf16_supported()):
+            try:
+                for layer in model.modules():
+                    w = getattr(layer, "weight", None)
+                    if type(layer) is not torch.nn.Linear or w is None or "forward" in vars(layer) \
+                            or w.device.type != "cpu" or not (w.dtype == torch.bfloat16
+                                                              or (w.dtype == torch.float32 and autocast_bf16)):
+                        continue
+                    packed = mkldnn._reorder_linear_weight(w.detach().to(torch.bfloat16))
+                    bias = None if layer.bias is None else layer.bias.detach().to(torch.bfloat16)
+                    layer.forward = _packed_forward(layer, packed, bias)  # shadows the class's forward
+                    switched.append(layer)
+            except RuntimeError:  # a oneDNN build without these kernels for some shape: keep every layer plain
+                for layer in switched:
+                    del layer.forward
+                switched = []
         yield len(switched)
     finally:
         for layer in switched:
-            del layer.forward
+            vars(layer).pop("forward", None)
 
 
-def _packed_forward(packed: Any, bias: Any) -> Any:
+def _packed_forward(layer: Any, packed: Any, bias: Any) -> Any:
     import torch
 
-    def forward(x: Any) -> Any:  # as bf16 autocast would: the input in bf16, the output in bf16
+    def forward(x: Any) -> Any:
+        if x.dtype != torch.bfloat16 and not torch.is_autocast_enabled("cpu"):
+            return type(layer).forward(layer, x)  # what the plain layer computes (or refuses) outside autocast
         return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), packed, bias, "none", [], "")
 
     return forward
@@ -339,10 +346,10 @@ def _join_caches(cache: Any, mask: Any, new_cache: Any, new_mask: Any) -> tuple[
 
     width = max(mask.shape[1], new_mask.shape[1])
     for a, b in zip(cache.layers, new_cache.layers):  # keys / values: [batch, heads, width, head_dim]
-        a.replace(torch.cat([F.pad(a.keys, (0, 0, width - mask.shape[1], 0)),
-                             F.pad(b.keys, (0, 0, width - new_mask.shape[1], 0))]),
-                  torch.cat([F.pad(a.values, (0, 0, width - mask.shape[1], 0)),
-                             F.pad(b.values, (0, 0, width - new_mask.shape[1], 0))]))
+        a.keys = torch.cat([F.pad(a.keys, (0, 0, width - mask.shape[1], 0)),
+                            F.pad(b.keys, (0, 0, width - new_mask.shape[1], 0))])
+        a.values = torch.cat([F.pad(a.values, (0, 0, width - mask.shape[1], 0)),
+                              F.pad(b.values, (0, 0, width - new_mask.shape[1], 0))])
     return cache, torch.cat([F.pad(mask, (width - mask.shape[1], 0)), F.pad(new_mask, (width - new_mask.shape[1], 0))])
 
 
@@ -363,24 +370,31 @@ def _roomy_layer_class() -> Any:
 
     DynamicLayer concatenates each step's column onto the whole cache, a copy of every layer's cache per
     decoding step; here a step writes its column into the room left. Dropping finished rows copies the rows
-    kept (as DynamicLayer does), with their room; running out of room reallocates. The keys and values are
-    the same numbers either way (tests: step by step against DynamicLayer, and greedy decoding against
-    `generate`)."""
+    kept (as DynamicLayer does) with their room; running out of room reallocates, with room for a quarter
+    more columns (at least `room`). Keys or values set from outside (a batch joined, any inherited method
+    that reassigns them) are taken as they are and moved into fresh buffers at the next update. For
+    inference only: a step writes in place into tensors an earlier step returned. Tests: step by step
+    against DynamicLayer, and greedy decoding against `generate`."""
     global _ROOMY_LAYER
     if _ROOMY_LAYER is not None:
         return _ROOMY_LAYER
     from transformers.cache_utils import DynamicLayer
 
     class RoomyLayer(DynamicLayer):
-        room = 16  # spare columns per (re)allocation: a reallocation every 16 steps at most
+        room = 16  # the least spare room a (re)allocation leaves
+        _buffers: Any = None  # (keys, values) buffers [batch, heads, width, head_dim], or None
+        _start = 0  # the buffers' first column in use
+        _keys_view: Any = None  # the `keys` this layer last set: anything else was set from outside
+
+        def _owns(self) -> bool:
+            return self._buffers is not None and self.keys is self._keys_view
 
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-                self._buffers = None
             used, new = self.get_seq_length(), key_states.shape[-2]
-            if self._buffers is None or self._start + used + new > self._buffers[0].shape[-2]:
-                self._reallocate(key_states, value_states, used + new + self.room)
+            if not self._owns() or self._start + used + new > self._buffers[0].shape[-2]:
+                self._reallocate(key_states, value_states, used + new + max(self.room, used // 4))
             end = self._start + used + new
             for buffer, states in zip(self._buffers, (key_states, value_states)):
                 buffer[:, :, end - new : end] = states
@@ -402,28 +416,26 @@ def _roomy_layer_class() -> Any:
         def _view(self, start: int, end: int) -> None:
             self._start = start
             self.keys, self.values = (buffer[:, :, start:end] for buffer in self._buffers)
+            self._keys_view = self.keys
 
         def drop_leading(self, columns: int) -> None:
             """Forget the first `columns` columns (no live row attends to them any more): a view, no copy."""
-            if self._buffers is None:
-                self.keys, self.values = self.keys[:, :, columns:], self.values[:, :, columns:]
-            else:
+            if self._owns():
                 self._view(self._start + columns, self._start + self.get_seq_length())
-
-        def replace(self, keys: Any, values: Any) -> None:
-            """New contents (another batch joined): taken as they are, room is made at the next update."""
-            self.keys, self.values, self._buffers = keys, values, None
+            else:
+                self.keys, self.values = self.keys[:, :, columns:], self.values[:, :, columns:]
 
         def batch_select_indices(self, indices: Any) -> None:
+            if not self._owns():
+                return super().batch_select_indices(indices)
             used = self.get_seq_length()
-            if not used:
-                return
-            if self._buffers is None:
-                self.keys, self.values = self.keys[indices], self.values[indices]
-                return
             self._buffers = tuple(buffer.narrow(2, self._start, buffer.shape[2] - self._start).index_select(0, indices)
                                   for buffer in self._buffers)  # the room is kept: no reallocation next step
             self._view(0, used)
+
+        def reset(self) -> None:
+            super().reset()
+            self._buffers = self._keys_view = None
 
     _ROOMY_LAYER = RoomyLayer
     return RoomyLayer
