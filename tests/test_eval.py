@@ -5,7 +5,7 @@ import pytest
 from sdzero.chat import ControlPhrases, text_ids
 from sdzero.cli import main
 from sdzero.errors import SDZeroError
-from sdzero.evaluate import EvalConfig, evaluate
+from sdzero.evaluate import EvalConfig, evaluate, inline_revision_metrics
 from sdzero.generation import Completion, Generator, SamplingParams
 from sdzero.tasks.base import Question, Task
 
@@ -73,9 +73,23 @@ def test_eval_metrics_on_a_scripted_model(tokenizer):
     # Fresh-resample reference: q0's wrong drafts see 2 of 3 other samples right; q1's see none.
     assert m["resample_accuracy_on_wrong"] == pytest.approx((2 / 3 + 2 / 3 + 0 * 4) / 6)
     assert m["generations"] == 8 + 2 + 8
+    assert m["inline_revision_share"] == 0.0 and m["accuracy_without_inline_revision"] == pytest.approx(2 / 8)
     assert [c[0] for c in gen.calls] == ["sampled drafts", "greedy", "revisions"]
     rec = report["questions"][0]
     assert rec["rewards"] == [1.0, 0.0, 0.0, 1.0] and rec["revision_rewards"] == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_inline_revision_metrics_split_the_accuracy_at_the_traces():
+    """A first attempt that holds a control phrase is a self-revision trace: counted apart, with its accuracy."""
+    phrases = ControlPhrases()
+    responses = ["7", f"it is 6\n\n{phrases.wrong}\n\nit is 7", "5", f"it is 5 {phrases.correct} it is 5", "8"]
+    m = inline_revision_metrics(responses, [1.0, 1.0, 0.0, 0.0, 0.0], [phrases.correct, phrases.wrong])
+    assert m["inline_revision_share"] == pytest.approx(2 / 5)
+    assert m["accuracy_with_inline_revision"] == pytest.approx(1 / 2)
+    assert m["accuracy_without_inline_revision"] == pytest.approx(1 / 3)
+    none = inline_revision_metrics(["7"], [1.0], [phrases.wrong])
+    assert none["inline_revision_share"] == 0.0 and none["accuracy_with_inline_revision"] != \
+        none["accuracy_with_inline_revision"]  # NaN: no trace to measure
 
 
 def test_eval_rejects_over_long_prompts(tokenizer):

@@ -117,6 +117,7 @@ def evaluate(
     }
     for kk in report_ks(k):
         metrics[f"pass@{kk}"] = mean_pass_at_k(rewards, kk)
+    metrics.update(inline_revision_metrics([c.text for cs in drafts for c in cs], flat, task.control_phrases))
 
     greedy_rewards = None
     if cfg.greedy:
@@ -164,6 +165,23 @@ def evaluate(
                 rec["revisions"] = [c.text for c in revisions[qi]]
         records.append(rec)
     return {"metrics": metrics, "questions": records}
+
+
+def inline_revision_metrics(responses: Sequence[str], rewards: Sequence[float],
+                            control_phrases: Sequence[str]) -> dict[str, float]:
+    """How often a first attempt is itself a self-revision trace (it holds a control phrase: a draft, the
+    phrase, another attempt, as SRT's generation loss teaches), and the accuracy of those responses and of
+    the others. Grading already takes a trace's final attempt; this says how much of the accuracy comes
+    from revising inline, which Phase 2 is meant to fold into a direct answer."""
+    nan = float("nan")
+    traced = [any(p and p in text for p in control_phrases) for text in responses]
+    with_trace = [r for r, t in zip(rewards, traced) if t]
+    without = [r for r, t in zip(rewards, traced) if not t]
+    return {
+        "inline_revision_share": len(with_trace) / len(traced) if traced else nan,
+        "accuracy_with_inline_revision": sum(with_trace) / len(with_trace) if with_trace else nan,
+        "accuracy_without_inline_revision": sum(without) / len(without) if without else nan,
+    }
 
 
 def correction_metrics(draft_rewards: list[list[float]], revision_rewards: list[list[float]]) -> dict[str, Any]:

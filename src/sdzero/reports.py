@@ -38,7 +38,10 @@ def pyplot(who: str) -> Any:
 
 ROWS = [("avg@{k}", "avg@{k}"), ("greedy accuracy", "greedy_accuracy"), ("pass@{k}", "pass@{k}"),
         ("correction rate (wrong -> right)", "correction_rate"), ("right -> right", "right_to_right"),
-        ("mean response tokens", "mean_response_tokens"), ("share cut at the token cap", "truncated_fraction")]
+        ("mean response tokens", "mean_response_tokens"), ("share cut at the token cap", "truncated_fraction"),
+        ("share revising inline (a control phrase in the response)", "inline_revision_share"),
+        ("accuracy of responses revising inline", "accuracy_with_inline_revision"),
+        ("accuracy of the other responses", "accuracy_without_inline_revision")]
 
 
 def results_table(out: Path) -> dict[str, dict[str, Any]]:
