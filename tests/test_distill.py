@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from sdzero.alignment import build_aligned_pair
 from sdzero.chat import ControlPhrases, chat_prompt_ids, text_ids
 from sdzero.cli import main
-from sdzero.distill import DistillConfig, loss_weights, step_question_indices
+from sdzero.distill import DistillConfig, final_attempt_start, loss_weights, step_question_indices
 from sdzero.policy import DivergenceSpec, PolicyForward, Teacher, pad_batch
 from sdzero.errors import SDZeroError
 from sdzero.losses import topk_divergence
@@ -327,6 +327,47 @@ def test_loss_weights_by_hand():
     assert loss_weights(3, False, skip_first=1) == [0.0, 0.0, 0.0]  # a skipped (truncated) response
     with pytest.raises(SDZeroError, match="skip_first_tokens"):
         DistillConfig(skip_first_tokens=-1).validate()
+
+
+def test_final_attempt_start_is_the_first_token_after_the_last_control_phrase(tokenizer):
+    from sdzero.chat import text_ids
+
+    phrases = ControlPhrases()
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    head = f"it is 6\n\n{phrases.correct} it is 6\n\n{phrases.wrong}"
+    ids = text_ids(tokenizer, head + "\n\nit is 7") + [tokenizer.eos_token_id]
+    start = final_attempt_start(decode, ids, [phrases.correct, phrases.wrong])
+    assert decode(ids[:start]) == head and decode(ids[start:]) == "\n\nit is 7"  # the last phrase counts
+    assert final_attempt_start(decode, ids, ["no such phrase"]) == 0  # no trace: the whole response
+    ends = text_ids(tokenizer, head) + [tokenizer.eos_token_id]
+    assert final_attempt_start(decode, ends, [phrases.wrong]) == len(ends)  # nothing after the phrase
+    with pytest.raises(SDZeroError, match="loss_tokens"):
+        DistillConfig(loss_tokens="draft").validate()
+
+
+def test_final_attempt_loss_leaves_a_traces_draft_and_phrase_out(tiny_model_dir, tmp_path, tokenizer):
+    """loss_tokens=final_attempt: a trace's tokens up to its control phrase get no loss, a response without
+    one keeps all of its tokens."""
+    from sdzero.chat import text_ids
+    from sdzero.generation import Completion
+
+    phrases = ControlPhrases()
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    trace = text_ids(tokenizer, f"it is 6\n\n{phrases.wrong}\n\nit is 7")
+    plain = text_ids(tokenizer, "it is 7")
+    logged = {}
+    for mode in ("all", "final_attempt"):
+        trainer = _trainer(tiny_model_dir, tmp_path / mode, loss_tokens=mode, questions_per_step=2, max_steps=1,
+                           precision="fp32", warmup_steps=0)
+        rollouts = [Completion(trace, decode(trace), "stop", trainer.eot),
+                    Completion(plain, decode(plain), "stop", trainer.eot)]
+        trainer.rollouts = lambda step: ([0, 1], rollouts, [0.0, 1.0])
+        logged[mode] = trainer.train_step(0)
+    draft_and_phrase = final_attempt_start(decode, trace + [trainer.eot], [phrases.wrong])
+    assert draft_and_phrase > 10
+    assert logged["all"]["tokens"] == len(trace) + 1 + len(plain) + 1  # each with its end-of-turn token
+    assert logged["all"]["tokens"] - logged["final_attempt"]["tokens"] == draft_and_phrase
+    assert logged["all"]["loss"] != pytest.approx(logged["final_attempt"]["loss"], rel=1e-6)
 
 
 def test_skip_first_tokens_takes_exactly_those_tokens_out_of_the_loss(tiny_model_dir, tmp_path):

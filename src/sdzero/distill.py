@@ -83,6 +83,12 @@ class DistillConfig:
         "help": "Give the first N tokens of every response no loss (TRL SDFT's num_loss_tokens_to_skip). 0 in the "
                 "paper. Why one might: the teacher has just read the control phrase there, and on the embedded "
                 "default the largest per-token KL sits on the first token of correct and wrong responses alike."})
+    loss_tokens: str = field(default="all", metadata={
+        "help": "all: every response token is in the loss (paper). final_attempt: only the tokens after a "
+                "response's last control phrase (the last attempt of a self-revision trace; all of a response "
+                "without one), so Phase 2 sharpens the student's own second attempt instead of folding its trace "
+                "into one answer. Not in the paper: after pairs SRT most first attempts are traces, and their "
+                "accuracy is SRT's (RESULTS.md)."})
     teacher: str = field(default="frozen", metadata={"help": "frozen (starting model; paper default), sync (hard "
                                                              "copy every teacher_sync_steps) or ema."})
     teacher_sync_steps: int = field(default=50, metadata={"help": "sync: steps between copies."})
@@ -128,6 +134,8 @@ class DistillConfig:
                               f"not {self.divergence_kind!r}")
         if self.teacher not in ("frozen", "sync", "ema"):
             raise SDZeroError(f"teacher must be frozen, sync or ema, not {self.teacher!r}")
+        if self.loss_tokens not in ("all", "final_attempt"):
+            raise SDZeroError(f"loss_tokens must be all or final_attempt, not {self.loss_tokens!r}")
         if self.teacher == "ema" and not 0.0 < self.ema_rate <= 1.0:
             raise SDZeroError(f"ema_rate must be in (0, 1], not {self.ema_rate}")
         if self.teacher == "sync" and self.teacher_sync_steps < 1:
@@ -153,6 +161,19 @@ def loss_weights(num_tokens: int, counted: bool, skip_first: int = 0) -> list[fl
     """Per target token of one response: 1.0 when it is in the loss (its response counts, and the token comes
     after the first `skip_first`), else 0.0. The loss is a mean over the tokens weighted 1."""
     return [float(counted and j >= skip_first) for j in range(num_tokens)]
+
+
+def final_attempt_start(decode: Any, ids: Sequence[int], control_phrases: Sequence[str]) -> int:
+    """Index of the first token of `ids` whose text reaches past the end of the last control phrase in the
+    decoded response (where its final attempt begins, as grading cuts it); 0 when it holds none."""
+    text = decode(list(ids))
+    cut = max((text.rfind(p) + len(p) for p in control_phrases if p and p in text), default=-1)
+    if cut < 0:
+        return 0
+    for j in range(len(ids)):
+        if len(decode(list(ids[: j + 1]))) > cut:
+            return j
+    return len(ids)
 
 
 def step_question_indices(num_questions: int, per_step: int, step: int, seed: int) -> list[int]:
@@ -301,7 +322,12 @@ class DistillTrainer:
         t_gen = time.perf_counter() - t0
         pairs = [self.make_pair(i, c, r) for i, c, r in zip(idx, completions, rewards)]
         counted = [not (cfg.skip_truncated and c.finish_reason == "length") for c in completions]
-        weights = [loss_weights(p.num_tokens, k, cfg.skip_first_tokens) for p, k in zip(pairs, counted)]
+        skip = [cfg.skip_first_tokens] * len(pairs)
+        if cfg.loss_tokens == "final_attempt":
+            decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+            skip = [max(n, final_attempt_start(decode, p.target_ids, self.task.control_phrases))
+                    for n, p in zip(skip, pairs)]
+        weights = [loss_weights(p.num_tokens, k, n) for p, k, n in zip(pairs, counted, skip)]
         global_tokens = self.acc.reduce(torch.tensor(float(sum(map(sum, weights))), device=device), "sum").item()
         # The DDP gradient is the mean over processes: scale so the sum over all tokens / global count comes out.
         scale = self.acc.num_processes / max(global_tokens, 1.0)
