@@ -60,11 +60,31 @@ ROWS.update({
     "pairs-standalone": ("pairs + the standalone suffix ids", PAIRS + ROWS["standalone"][1]),
     "pairs-srt-lr3x": ("pairs + SRT learning rate 3e-5", PAIRS + ["--srt_learning_rate", "3e-5"]),
     "pairs-revision-only": ("pairs + SRT on L_revision alone", PAIRS + ["--srt_generation_loss", "false"]),
+    "pairs-8-final-attempt": ("pairs-8 + Phase-2 loss on each response's final attempt only",
+                              ROWS["pairs-8"][1] + ["--distill_loss_tokens", "final_attempt"]),
 })
+# Phase-2-only rows: the same Phase 1 and SRT as another row, so `--start_from` may reuse that row's.
+SAME_PHASE1 = {"pairs-8-final-attempt": "pairs-8"}
 
 
 def run_dir(root: Path, row: str, seed: int) -> Path:
     return root / f"{row}-seed{seed}"
+
+
+def start_from(root: Path, row: str, seed: int) -> None:
+    """Begin a Phase-2-only row with the finished Phase 1 and SRT of the row it shares them with (same seed,
+    same settings up to Phase 2), forked as `sdzero findings` forks its variants: `sdzero run` then sees only
+    Phase-2 settings changed and runs Phase 2 and the evaluations after it. The SRT model's answer probe is
+    the same model's, so it is linked too."""
+    import os
+
+    from sdzero.findings import fork_run
+
+    out, source = run_dir(root, row, seed), run_dir(root, SAME_PHASE1[row], seed)
+    fork_run(source, out, "eval-srt")
+    probe = out / "answer-probe.json"
+    if (source / probe.name).is_file() and not probe.exists():
+        probe.symlink_to(os.path.relpath(source / probe.name, out))
 
 
 def run_row(root: Path, row: str, seed: int, extra: list[str]) -> None:
@@ -170,6 +190,9 @@ def main() -> int:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--root", default="outputs/ablate")
     ap.add_argument("--table-only", action="store_true", help="no runs, no probes: the table from what is on disk")
+    ap.add_argument("--start_from_shared", action="store_true",
+                    help=f"Phase-2-only rows ({', '.join(SAME_PHASE1)}) reuse the finished Phase 1 and SRT of the "
+                         "row they share them with")
     ap.add_argument("extra", nargs="*", help="more `sdzero run` flags for every row (after --)")
     args = ap.parse_args()
     rows, seeds, root = args.rows.split(","), [int(s) for s in args.seeds.split(",")], Path(args.root)
@@ -179,6 +202,8 @@ def main() -> int:
     if not args.table_only:
         for seed in seeds:
             for row in rows:
+                if args.start_from_shared and row in SAME_PHASE1:
+                    start_from(root, row, seed)
                 run_row(root, row, seed, args.extra)
                 probe_row(root, row, seed)
     text = table(root, rows, seeds)
