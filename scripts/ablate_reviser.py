@@ -62,9 +62,12 @@ ROWS.update({
     "pairs-revision-only": ("pairs + SRT on L_revision alone", PAIRS + ["--srt_generation_loss", "false"]),
     "pairs-8-final-attempt": ("pairs-8 + Phase-2 loss on each response's final attempt only",
                               ROWS["pairs-8"][1] + ["--distill_loss_tokens", "final_attempt"]),
+    "pairs-8-revision-only": ("pairs-8 + SRT on L_revision alone (the generator is not taught traces)",
+                              ROWS["pairs-8"][1] + ["--srt_generation_loss", "false"]),
 })
-# Phase-2-only rows: the same Phase 1 and SRT as another row, so `--start_from` may reuse that row's.
-SAME_PHASE1 = {"pairs-8-final-attempt": "pairs-8"}
+# Rows whose first stages are another row's (same seed, same settings up to them): row -> (that row, the
+# last stage they share), so that --start_from_shared reuses them instead of running them again.
+SHARED_STAGES = {"pairs-8-final-attempt": ("pairs-8", "eval-srt"), "pairs-8-revision-only": ("pairs-8", "collect")}
 
 
 def run_dir(root: Path, row: str, seed: int) -> Path:
@@ -72,18 +75,18 @@ def run_dir(root: Path, row: str, seed: int) -> Path:
 
 
 def start_from(root: Path, row: str, seed: int) -> None:
-    """Begin a Phase-2-only row with the finished Phase 1 and SRT of the row it shares them with (same seed,
-    same settings up to Phase 2), forked as `sdzero findings` forks its variants: `sdzero run` then sees only
-    Phase-2 settings changed and runs Phase 2 and the evaluations after it. The SRT model's answer probe is
-    the same model's, so it is linked too."""
+    """Begin a row with the finished stages it shares with another row's run of the same seed (Phase 1, and
+    SRT when that is shared too), forked as `sdzero findings` forks its variants: `sdzero run` then sees only
+    the later stages' settings changed and runs those. When the SRT model is shared, so is its answer probe."""
     import os
 
     from sdzero.findings import fork_run
 
-    out, source = run_dir(root, row, seed), run_dir(root, SAME_PHASE1[row], seed)
-    fork_run(source, out, "eval-srt")
+    source_row, last = SHARED_STAGES[row]
+    out, source = run_dir(root, row, seed), run_dir(root, source_row, seed)
+    fork_run(source, out, last)
     probe = out / "answer-probe.json"
-    if (source / probe.name).is_file() and not probe.exists():
+    if last == "eval-srt" and (source / probe.name).is_file() and not probe.exists():
         probe.symlink_to(os.path.relpath(source / probe.name, out))
 
 
@@ -191,8 +194,8 @@ def main() -> int:
     ap.add_argument("--root", default="outputs/ablate")
     ap.add_argument("--table-only", action="store_true", help="no runs, no probes: the table from what is on disk")
     ap.add_argument("--start_from_shared", action="store_true",
-                    help=f"Phase-2-only rows ({', '.join(SAME_PHASE1)}) reuse the finished Phase 1 and SRT of the "
-                         "row they share them with")
+                    help=f"rows {', '.join(SHARED_STAGES)} reuse the finished stages they share with another "
+                         "row's run (see SHARED_STAGES)")
     ap.add_argument("extra", nargs="*", help="more `sdzero run` flags for every row (after --)")
     args = ap.parse_args()
     rows, seeds, root = args.rows.split(","), [int(s) for s in args.seeds.split(",")], Path(args.root)
@@ -202,7 +205,7 @@ def main() -> int:
     if not args.table_only:
         for seed in seeds:
             for row in rows:
-                if args.start_from_shared and row in SAME_PHASE1:
+                if args.start_from_shared and row in SHARED_STAGES:
                     start_from(root, row, seed)
                 run_row(root, row, seed, args.extra)
                 probe_row(root, row, seed)
