@@ -25,6 +25,7 @@ from sdzero.files import atomic_write_json
 from sdzero.generation import Generator, SamplingParams
 from sdzero.metrics import mean_pass_at_k, report_ks
 from sdzero.tasks.base import Question, Task
+from sdzero.verifiers.answers import last_control_phrase_end
 
 
 EVAL_SPLITS = ("eval", "validation")
@@ -174,7 +175,7 @@ def inline_revision_metrics(responses: Sequence[str], rewards: Sequence[float],
     the others. Grading already takes a trace's final attempt; this says how much of the accuracy comes
     from revising inline, which Phase 2 is meant to fold into a direct answer."""
     nan = float("nan")
-    traced = [any(p and p in text for p in control_phrases) for text in responses]
+    traced = [last_control_phrase_end(text, control_phrases) >= 0 for text in responses]
     with_trace = [r for r, t in zip(rewards, traced) if t]
     without = [r for r, t in zip(rewards, traced) if not t]
     return {

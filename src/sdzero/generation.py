@@ -24,6 +24,7 @@ Simplifications of `HFGenerator`, stated up front:
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Sequence
@@ -362,9 +363,7 @@ def _roomy_cache() -> Any:
     return cache
 
 
-_ROOMY_LAYER: Any = None
-
-
+@functools.cache
 def _roomy_layer_class() -> Any:
     """A DynamicLayer that keeps its keys and values as views into buffers with spare columns at the end.
 
@@ -375,9 +374,6 @@ def _roomy_layer_class() -> Any:
     that reassigns them) are taken as they are and moved into fresh buffers at the next update. For
     inference only: a step writes in place into tensors an earlier step returned. Tests: step by step
     against DynamicLayer, and greedy decoding against `generate`."""
-    global _ROOMY_LAYER
-    if _ROOMY_LAYER is not None:
-        return _ROOMY_LAYER
     from transformers.cache_utils import DynamicLayer
 
     class RoomyLayer(DynamicLayer):
@@ -437,7 +433,6 @@ def _roomy_layer_class() -> Any:
             super().reset()
             self._buffers = self._keys_view = None
 
-    _ROOMY_LAYER = RoomyLayer
     return RoomyLayer
 
 

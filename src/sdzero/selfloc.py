@@ -107,20 +107,21 @@ PROBE_CLASSES = ("wrong", "right")
 _PROBE_FIELDS = ("responses", "teacher_lp", "student_lp", "teacher_above", "kl_first", "kl_answer", "kl_total")
 
 
+def token_text_ends(decode: Any, ids: Sequence[int]) -> list[int]:
+    """For each token j of `ids`, the length of decode(ids[:j + 1]): token j covers the characters between the
+    previous token's end and its own."""
+    return [len(decode(list(ids[: j + 1]))) for j in range(len(ids))]
+
+
 def answer_token_positions(decode: Any, ids: Sequence[int], answer: str | None) -> list[int]:
     """Indices of the tokens of `ids` that carry the last occurrence of `answer` in their decoded text ([] when
-    it does not occur). Token j covers the characters decode(ids[:j]) adds to decode(ids[:j-1])."""
+    it does not occur)."""
     text = decode(list(ids)) if answer else ""
     at = text.rfind(answer) if answer else -1
     if at < 0:
         return []
-    lo, hi, prev, out = at, at + len(answer), 0, []
-    for j in range(len(ids)):
-        end = len(decode(list(ids[: j + 1])))
-        if end > lo and prev < hi:
-            out.append(j)
-        prev = end
-    return out
+    ends = token_text_ends(decode, ids)
+    return [j for j, end in enumerate(ends) if end > at and (ends[j - 1] if j else 0) < at + len(answer)]
 
 
 def answer_probe_row(right: bool, positions: Sequence[int], teacher_lp: Sequence[float],

@@ -32,13 +32,14 @@ KNOWN_CONTROL_PHRASES = (PAPER_CORRECT_PHRASE, PAPER_WRONG_PHRASE, OFFICIAL_QWEN
                          OFFICIAL_OLMO_WRONG_PHRASE)
 
 
+def last_control_phrase_end(text: str, control_phrases: Sequence[str] = KNOWN_CONTROL_PHRASES) -> int:
+    """Where the last control phrase in `text` ends (its final attempt begins after it); -1 when it has none."""
+    return max((text.rfind(p) + len(p) for p in control_phrases if p and p in text), default=-1)
+
+
 def final_attempt(text: str, control_phrases: Sequence[str] = KNOWN_CONTROL_PHRASES) -> str:
     """The text after the last control phrase: the final attempt of a self-revision trace (else all of it)."""
-    cut = -1
-    for phrase in control_phrases:
-        at = text.rfind(phrase) if phrase else -1
-        if at >= 0:
-            cut = max(cut, at + len(phrase))
+    cut = last_control_phrase_end(text, control_phrases)
     return text if cut < 0 else text[cut:].lstrip()
 
 
