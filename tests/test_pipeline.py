@@ -106,6 +106,9 @@ def test_run_exposes_every_stage_field_and_the_shared_training_flags(tmp_path):
     assert configs["srt"].per_device_train_batch_size == 4 and configs["srt"].seed == 3
     assert configs["distill"].beta == 0.25 and configs["distill"].max_steps == 20  # run's own default
     assert configs["collect"].drafts_per_question == 8 and configs["srt"].data_dir == str(tmp_path / "phase1")
+    # SRT on L_revision alone by default (issue 13's ablation); the stage command keeps the paper's two terms
+    assert configs["srt"].revision_loss and not configs["srt"].generation_loss
+    assert SRTConfig().generation_loss
 
 
 def test_run_stops_after_the_stage_asked_for(tiny_model_dir, tmp_path):

@@ -35,6 +35,7 @@ def test_recipe_parses_and_builds_its_configs(recipe):
         c = configs["collect"]  # the paper's collection, not `sdzero run`'s embedded default (pairs)
         assert (c.drafts_per_question, c.revisions_per_draft, c.revise_correct, c.pair_right_drafts) == (1, 3, True,
                                                                                                          False)
+        assert configs["srt"].revision_loss and configs["srt"].generation_loss  # the paper's SRT, both terms
 
 
 def test_the_embedded_recipe_is_the_no_argument_default():

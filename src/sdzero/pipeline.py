@@ -56,10 +56,14 @@ FLAG_NAMES = {("srt", "per_device_train_batch_size"): "srt_batch_size"}  # short
 # collection keeps ~7 wrong->right tuples and SRT teaches copying. 8 drafts per question, each wrong draft
 # paired with the question's right drafts (issue 13's ablation, RESULTS.md). `--collect_drafts_per_question 1
 # --collect_revisions_per_draft 3 --collect_revise_correct true --collect_pair_right_drafts false` is the paper's.
+# SRT trains L_revision alone: with all-wrong->right pairs, L_generation teaches every first attempt to open
+# with a throwaway draft and "start over" (91-93% of them after SRT), which Phase 2 then removes; without it
+# the reviser fixes more than a fresh sample and Phase 2 adds over SRT (validation, 3 seeds; RESULTS.md).
+# `--srt_generation_loss true` is the paper's.
 STAGE_DEFAULTS = {
     "collect": {"drafts_per_question": 8, "revisions_per_draft": 0, "revise_correct": False,
                 "pair_right_drafts": True},
-    "srt": {"learning_rate": 1e-5, "num_train_epochs": 2.0},
+    "srt": {"learning_rate": 1e-5, "num_train_epochs": 2.0, "generation_loss": False},
     "distill": {"max_steps": 20, "questions_per_step": 16, "warmup_steps": 3, "skip_truncated": True},
 }
 # Settings for both training stages at once: on when either this or the stage's own flag says so.
