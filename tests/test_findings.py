@@ -187,15 +187,20 @@ def test_findings_runs_its_variants_forked_from_the_compare_run(tiny_model_dir, 
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before  # the compare's run untouched
     variants = compare / "variants"
-    frozen, sync, revision = (variants / v / "seed-0" for v in ("frozen-long", "sync-long", "srt-revision-only"))
+    frozen, sync, both = (variants / v / "seed-0" for v in ("frozen-long", "sync-long", "srt-both"))
     assert (frozen / "srt").is_symlink() and (frozen / "srt").resolve() == (run / "srt").resolve()
     assert not os.path.isabs(os.readlink(frozen / "srt"))  # relative: the compare folder can move as a whole
-    assert (revision / "phase1").is_symlink() and not (revision / "srt").is_symlink()
+    assert (both / "phase1").is_symlink() and not (both / "srt").is_symlink()
+    assert json.loads((both / "stages.json").read_text())["settings"]["srt_generation_loss"] is True
+    # the compare's SRT trains L_revision alone (the default): it is srt-revision-only, which is not run again
+    assert not (variants / "srt-revision-only").exists()
+    generation = json.loads((variants / "srt-generation-only" / "seed-0" / "stages.json").read_text())["settings"]
+    assert (generation["srt_revision_loss"], generation["srt_generation_loss"]) == (False, True)
     steps = [json.loads(line)["step"] for line in (sync / "distill" / "log.jsonl").read_text().splitlines()]
     assert steps[-1] == 3 * 2  # 3x the compare's 2 Phase-2 steps
     stages = json.loads((sync / "stages.json").read_text())
     assert stages["settings"]["distill_teacher"] == "sync" and "eval-sdzero" in stages and "report" not in stages
-    assert (revision / "eval-srt.json").is_file() and not (revision / "distill").exists()
+    assert (both / "eval-srt.json").is_file() and not (both / "distill").exists()
     # Phase 2 from the base model: the "SRT model" is the base model's weights, unchanged (--srt_skip).
     from transformers import AutoModelForCausalLM
 
@@ -209,7 +214,7 @@ def test_findings_runs_its_variants_forked_from_the_compare_run(tiny_model_dir, 
     found = {f["key"]: f for f in data["findings"]}
     assert found["d"]["verdict"] != NOT_MEASURED and "sync_minus_frozen" in found["d"]["parts"]
     assert (compare / "report" / "findings-d.png").is_file()  # Phase-2 reward per step, synced vs frozen
-    assert set(found["h"]["parts"]) == {"srt_minus_revision_only", "srt_minus_generation_only"}
+    assert set(found["h"]["parts"]) == {"both_minus_revision_only", "both_minus_generation_only"}
     assert found["h"]["verdict"] != NOT_MEASURED
     assert "sdzero_minus_phase2_from_base" in found["e"]["parts"] and found["e"]["verdict"] != NOT_MEASURED
     made = {p: p.stat().st_mtime_ns for p in variants.rglob("*") if p.is_file() and p.suffix != ".log"}

@@ -5,7 +5,9 @@ RULE below, which findings.md repeats. Its history: written before any result wa
 run on seed 0 (base, SRT, SD-Zero only) and a review, its wording was made exact and the pairs' bootstrap
 became a cluster bootstrap over questions (no threshold or direction moved); the rules for (e) and (i) were
 added after that run, before any variant or baseline result existed, and (i)'s "fewer" became "at most" on
-a second review (a compare matches the baselines' budget to SD-Zero's spend).
+a second review (a compare matches the baselines' budget to SD-Zero's spend). When the embedded default's SRT
+moved to L_revision alone (issue 13), (h)'s three SRT models were named by their loss terms (both, revision
+only, generation only), before any held-out (h) result existed; the rule did not move.
 
 Findings (d) self-evolution, (e) Phase 2 from the base model and (h) each SRT loss term alone need runs
 that `sdzero compare` does not make: the command runs them first (VARIANTS, each forked from a compare
@@ -63,8 +65,8 @@ class FindingsConfig:
     bootstrap: int = field(default=10_000, metadata={"help": "Bootstrap resamples per interval."})
     variants: str = field(default="all", metadata={
         "help": "The runs some findings need, forked from each compare seed's run (resumable): all, none, or a "
-                "comma list of frozen-long, sync-long (d), phase2-from-base (e), srt-revision-only, "
-                "srt-generation-only (h)."})
+                "comma list of frozen-long, sync-long (d), phase2-from-base (e), srt-both, srt-revision-only, "
+                "srt-generation-only (h; the one the compare's SRT already is is not run again)."})
 
     def validate(self) -> None:
         if self.bootstrap < 100:
@@ -214,8 +216,11 @@ VARIANTS: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]], str]]
     # name: (last stage kept from the compare's run, the changed settings, the last stage run)
     "frozen-long": ("eval-srt", _frozen_long, "eval-sdzero"),
     "sync-long": ("eval-srt", _sync_long, "eval-sdzero"),
-    "srt-revision-only": ("collect", lambda s: {"srt_generation_loss": False}, "eval-srt"),
-    "srt-generation-only": ("collect", lambda s: {"srt_revision_loss": False}, "eval-srt"),
+    # (h): each set says both terms, so it means the same whatever the compare's SRT trained
+    "srt-both": ("collect", lambda s: {"srt_revision_loss": True, "srt_generation_loss": True}, "eval-srt"),
+    "srt-revision-only": ("collect", lambda s: {"srt_revision_loss": True, "srt_generation_loss": False}, "eval-srt"),
+    "srt-generation-only": ("collect", lambda s: {"srt_revision_loss": False, "srt_generation_loss": True},
+                            "eval-srt"),
     "phase2-from-base": ("collect", lambda s: {"srt_skip": True}, "eval-sdzero"),
 }
 
@@ -250,6 +255,15 @@ def fork_run(source: Path, target: Path, keep_until: str) -> None:
         if not link.is_symlink():  # relative: the compare folder may be moved as a whole
             link.symlink_to(os.path.relpath(source / STAGE_OUTPUTS[stage], target))
     write_stages(target, {"settings": state["settings"], **{s: state[s] for s in keep}})  # last: the fork's mark
+
+
+def is_compare_run(compare_dir: Path, seed: int, name: str) -> bool:
+    """Whether the variant changes nothing in seed `seed`'s run (srt-revision-only when the compare's SRT
+    already trains L_revision alone): then the compare's run is the variant, and no fork is made."""
+    from sdzero.runfolder import read_stages
+
+    settings = read_stages(compare_dir / f"seed-{seed}" / "sdzero").get("settings")
+    return settings is not None and all(settings.get(k) == v for k, v in VARIANTS[name][1](settings).items())
 
 
 def run_variant(compare_dir: Path, seed: int, name: str) -> Path:
@@ -454,6 +468,9 @@ def _with_variants(seeds: dict[int, dict[str, Any]], compare_dir: Path,
     """The compare's reports plus each variant's, as methods named by `names` ({method: (variant, stage)})."""
     merged = {seed: dict(per_method) for seed, per_method in seeds.items()}
     for method, (variant, stage) in names.items():
+        for seed in seeds:  # a variant that is the compare's own run: its evaluation
+            if stage in seeds[seed] and is_compare_run(compare_dir, seed, variant):
+                merged[seed][method] = seeds[seed][stage]
         for seed, report in variant_reports(compare_dir, variant, stage).items():
             if seed not in seeds:
                 continue  # a seed the compare no longer has
@@ -488,11 +505,13 @@ def finding_e(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -
 def finding_h(seeds: dict[int, dict[str, Any]], compare_dir: Path, boots: int) -> Finding:
     f = Finding("h", "L_revision + L_generation beats either term alone (the SRT models)",
                 "Table 11: 57.6 vs 52.2 and 56.4")
-    merged = _with_variants(seeds, compare_dir, {"revision-only": ("srt-revision-only", "srt"),
+    # one of the three is usually the compare's own SRT (the embedded default trains L_revision alone)
+    merged = _with_variants(seeds, compare_dir, {"both": ("srt-both", "srt"),
+                                                 "revision-only": ("srt-revision-only", "srt"),
                                                  "generation-only": ("srt-generation-only", "srt")})
-    parts = [_accuracy_part(merged, f"srt - {m}", ("srt", m), lambda a, b: a - b, boots)
+    parts = [_accuracy_part(merged, f"both - {m}", ("both", m), lambda a, b: a - b, boots)
              for m in ("revision-only", "generation-only")]
-    return _finish(f, parts, ["srt_minus_revision_only", "srt_minus_generation_only"])
+    return _finish(f, parts, ["both_minus_revision_only", "both_minus_generation_only"])
 
 
 def generations_spent(compare_dir: Path, seed: int) -> dict[str, int]:
@@ -613,6 +632,9 @@ def write_findings(cfg: FindingsConfig) -> Path:
             kept_stages(compare_dir / f"seed-{seed}" / "sdzero", VARIANTS[name][0])
     for name in cfg.variant_list():
         for seed in compare_seeds:
+            if is_compare_run(compare_dir, seed, name):
+                info(f"[findings] seed {seed}: {name} is the compare's own run (no fork)")
+                continue
             info(f"[findings] seed {seed}: {name}")
             run_variant(compare_dir, seed, name)
     found, seeds = compute_findings(compare_dir, cfg.bootstrap, reports)
