@@ -1,10 +1,11 @@
 """Issue 13's ablation: which Phase-1 / Phase-2 setting makes the reviser a better fixer than resampling, and
 does Phase 2 then help? Measured on a validation split, never on the held-out set.
 
-Every row is one `sdzero run` on the embedded default with the paper's Phase-1 collection and a few flags
-changed (the row "pairs-8" is today's embedded default), evaluated on 200 validation questions
-(`--validation_size 200 --eval_split validation`; the held-out set is not touched). Rows and seeds
-already finished are skipped (each run resumes by itself), so the script can be stopped and started again.
+Every row is one `sdzero run` on the embedded default with the paper's Phase 1 (collection, SRT on both loss
+terms) and a few flags changed (the row "pairs-8-revision-only" is today's embedded default), evaluated on
+200 validation questions (`--validation_size 200 --eval_split validation`; the held-out set is not
+touched). Rows and seeds already finished are skipped (each run resumes by itself), so the script can be
+stopped and started again.
 
     python scripts/ablate_reviser.py                         # every row, seed 0
     python scripts/ablate_reviser.py --rows fixed,pairs --seeds 0,1,2
@@ -31,11 +32,13 @@ import sys
 from pathlib import Path
 
 COMMON = ["--validation_size", "200", "--eval_split", "validation"]
-# Every row starts from the paper's Phase-1 collection (the embedded default before this ablation chose
-# pairs-8), so a row's flags say what it changes.
-PAPER_COLLECT = ["--collect_drafts_per_question", "1", "--collect_revisions_per_draft", "3",
-                 "--collect_revise_correct", "true", "--collect_pair_right_drafts", "false"]
-# name -> (what it tests, flags on top of the embedded default with PAPER_COLLECT)
+# Every row starts from the paper's Phase 1, its collection and SRT on both loss terms (the embedded default
+# before this ablation chose pairs-8 and then L_revision alone), so a row's flags say what it changes and a
+# row means what it meant when it was run.
+PAPER_PHASE1 = ["--collect_drafts_per_question", "1", "--collect_revisions_per_draft", "3",
+                "--collect_revise_correct", "true", "--collect_pair_right_drafts", "false",
+                "--srt_generation_loss", "true"]
+# name -> (what it tests, flags on top of the embedded default with PAPER_PHASE1)
 ROWS: dict[str, tuple[str, list[str]]] = {
     "fixed": ("the embedded default with the six fixes (running suffix), the paper's collection", []),
     "standalone": ("suffix tokenized standalone (the old ids)", ["--suffix_tokenization", "standalone"]),
@@ -95,7 +98,7 @@ def run_row(root: Path, row: str, seed: int, extra: list[str]) -> None:
     if (out / "report" / "results.json").is_file():
         print(f"[ablate] {row} seed {seed}: done before", flush=True)
         return
-    cmd = [sys.executable, "-m", "sdzero", "run", *COMMON, *PAPER_COLLECT, *ROWS[row][1], "--seed", str(seed),
+    cmd = [sys.executable, "-m", "sdzero", "run", *COMMON, *PAPER_PHASE1, *ROWS[row][1], "--seed", str(seed),
            "--output_dir", str(out), *extra]
     print("[ablate] " + " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
