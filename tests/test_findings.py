@@ -9,8 +9,9 @@ import torch
 
 from sdzero.cli import main
 from sdzero.errors import SDZeroError
-from sdzero.findings import (FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, FindingsConfig, bootstrap_difference,
-                             bootstrap_mean, cluster_bootstrap, combine, compute_findings, mean, verdict)
+from sdzero.findings import (FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, FindingsConfig, _with_variants,
+                             bootstrap_difference, bootstrap_mean, cluster_bootstrap, combine, compute_findings,
+                             is_compare_run, mean, srt_terms_line, verdict)
 
 
 def eval_report(accuracy: float, rng: random.Random, n: int = 60, tokens: float = 40.0, fix: float = 0.1,
@@ -173,6 +174,27 @@ def test_findings_refuse_folders_they_cannot_read(tmp_path):
         FindingsConfig(bootstrap=5).validate()
 
 
+def test_a_variant_that_is_the_compare_run_is_read_from_it_and_never_from_a_leftover_fork(tmp_path):
+    run = tmp_path / "seed-0" / "sdzero"
+    run.mkdir(parents=True)
+    assert not is_compare_run(tmp_path, 0, "srt-both")  # no record yet: not known to be anything
+    # A record from before stage settings were stored: its SRT trained both terms (the default then).
+    (run / "stages.json").write_text(json.dumps({"settings": {"srt_revision_loss": True}}))
+    assert is_compare_run(tmp_path, 0, "srt-both") and not is_compare_run(tmp_path, 0, "srt-revision-only")
+    assert "SRT trained L_revision + L_generation (as the paper's)" in srt_terms_line(tmp_path, [0])
+    own = eval_report(0.5, random.Random(1))
+    leftover = tmp_path / "variants" / "srt-both" / "seed-0"
+    leftover.mkdir(parents=True)  # forked when the compare's run was another one
+    (leftover / "eval-srt.json").write_text(json.dumps(eval_report(0.9, random.Random(2))))
+    assert _with_variants({0: {"srt": own}}, tmp_path, {"both": ("srt-both", "srt")})[0]["both"] is own
+    (run / "stages.json").write_text(json.dumps({"settings": {"srt_revision_loss": True,
+                                                              "srt_generation_loss": False}}))
+    assert is_compare_run(tmp_path, 0, "srt-revision-only") and not is_compare_run(tmp_path, 0, "srt-both")
+    assert "SRT trained L_revision (the paper trains L_revision + L_generation)" in srt_terms_line(tmp_path, [0])
+    assert _with_variants({0: {"srt": own}}, tmp_path, {"both": ("srt-both", "srt")})[0]["both"]["questions"] != \
+        own["questions"]  # now the fork is the variant
+
+
 def test_findings_runs_its_variants_forked_from_the_compare_run(tiny_model_dir, tmp_path, capsys):
     """A compare seed's run (a tiny `sdzero run`) forked into the variants (d) and (h) need: the kept stages
     are the compare's own (linked, never rewritten), the changed ones run anew, and the rows get verdicts.
@@ -216,6 +238,7 @@ def test_findings_runs_its_variants_forked_from_the_compare_run(tiny_model_dir, 
     assert (compare / "report" / "findings-d.png").is_file()  # Phase-2 reward per step, synced vs frozen
     assert set(found["h"]["parts"]) == {"both_minus_revision_only", "both_minus_generation_only"}
     assert found["h"]["verdict"] != NOT_MEASURED
+    assert "The compare's SRT trained L_revision (the paper trains" in (compare / "report" / "findings.md").read_text()
     assert "sdzero_minus_phase2_from_base" in found["e"]["parts"] and found["e"]["verdict"] != NOT_MEASURED
     made = {p: p.stat().st_mtime_ns for p in variants.rglob("*") if p.is_file() and p.suffix != ".log"}
     records = {p: p.read_text() for p in variants.glob("*/seed-0/stages.json")}

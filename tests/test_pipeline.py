@@ -120,6 +120,24 @@ def test_run_stops_after_the_stage_asked_for(tiny_model_dir, tmp_path):
         main(["run", "--stop_after"])
 
 
+def test_an_older_run_without_the_srt_loss_setting_trained_both_terms(tiny_model_dir, tmp_path, capsys):
+    """A record made before stage settings were stored has no srt_generation_loss; its SRT trained both terms
+    (the default then), so today's default (L_revision alone) is a change, and the paper's is not."""
+    out = tmp_path / "run"
+    base = ["run", "--model", str(tiny_model_dir), "--output_dir", str(out), "--stop_after", "eval-base", *ARGS]
+    assert main(base) == 0
+    state = json.loads((out / "stages.json").read_text())
+    assert state["settings"].pop("srt_generation_loss") is False
+    (out / "stages.json").write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main(base) == 0
+    assert "settings changed (srt_generation_loss)" in capsys.readouterr().out
+    (out / "stages.json").write_text(json.dumps(state))
+    assert main([*base, "--srt_generation_loss", "true"]) == 0
+    printed = capsys.readouterr().out
+    assert "settings changed" not in printed and "eval-base: done before" in printed
+
+
 def test_unknown_stage_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(tmp_path), "--stop_after", "lunch",
                  *ARGS]) == 2
@@ -182,6 +200,7 @@ def test_push_to_hub_uploads_the_model_with_a_card_that_says_how_it_was_made(tin
     card = calls[2][1]
     assert "Let me rephrase the above solution." in card and "Wait, this response is not correct" in card
     assert "| SD-Zero |" in card and "distill_max_steps: 2" in card and "task: \"parity:\"" in card
+    assert "srt_generation_loss: false" in card  # SRT on L_revision alone: the default's deviation from the paper
     # without a repo id: one clear error before any work
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "x"), *ARGS,
                  "--push_to_hub"]) == 2

@@ -260,10 +260,13 @@ def fork_run(source: Path, target: Path, keep_until: str) -> None:
 def is_compare_run(compare_dir: Path, seed: int, name: str) -> bool:
     """Whether the variant changes nothing in seed `seed`'s run (srt-revision-only when the compare's SRT
     already trains L_revision alone): then the compare's run is the variant, and no fork is made."""
-    from sdzero.runfolder import read_stages
+    from sdzero.runfolder import read_stages, recorded_settings
 
-    settings = read_stages(compare_dir / f"seed-{seed}" / "sdzero").get("settings")
-    return settings is not None and all(settings.get(k) == v for k, v in VARIANTS[name][1](settings).items())
+    state = read_stages(compare_dir / f"seed-{seed}" / "sdzero")
+    if "settings" not in state:
+        return False
+    settings = recorded_settings(state)
+    return all(settings.get(k) == v for k, v in VARIANTS[name][1](settings).items())
 
 
 def run_variant(compare_dir: Path, seed: int, name: str) -> Path:
@@ -272,12 +275,12 @@ def run_variant(compare_dir: Path, seed: int, name: str) -> Path:
 
     from sdzero.config import GenerationConfig, ModelConfig, RevisionConfig, TaskConfig
     from sdzero.pipeline import RunConfig, run_pipeline
-    from sdzero.runfolder import read_stages
+    from sdzero.runfolder import read_stages, recorded_settings
 
     keep, changes, last = VARIANTS[name]
     source, target = compare_dir / f"seed-{seed}" / "sdzero", compare_dir / "variants" / name / f"seed-{seed}"
     fork_run(source, target, keep)
-    settings = {**read_stages(source)["settings"]}
+    settings = recorded_settings(read_stages(source))  # an older run's SRT: both terms, whatever today's default
     settings.update(changes(settings))
 
     def make(cls: type) -> Any:
@@ -468,12 +471,13 @@ def _with_variants(seeds: dict[int, dict[str, Any]], compare_dir: Path,
     """The compare's reports plus each variant's, as methods named by `names` ({method: (variant, stage)})."""
     merged = {seed: dict(per_method) for seed, per_method in seeds.items()}
     for method, (variant, stage) in names.items():
-        for seed in seeds:  # a variant that is the compare's own run: its evaluation
-            if stage in seeds[seed] and is_compare_run(compare_dir, seed, variant):
+        own = {seed for seed in seeds if is_compare_run(compare_dir, seed, variant)}
+        for seed in own:  # a variant that is the compare's own run: its evaluation, never a leftover fork's
+            if stage in seeds[seed]:
                 merged[seed][method] = seeds[seed][stage]
         for seed, report in variant_reports(compare_dir, variant, stage).items():
-            if seed not in seeds:
-                continue  # a seed the compare no longer has
+            if seed not in seeds or seed in own:
+                continue  # a seed the compare no longer has, or a fork made when the compare's run was another
             ids = {q["id"] for q in report.get("questions") or []}
             if ids != {q["id"] for q in next(iter(seeds[seed].values()))["questions"]}:
                 raise SDZeroError(f"{variant} seed {seed}'s eval-{stage}.json is not on the compare's questions")
@@ -617,6 +621,20 @@ def write_plots(compare_dir: Path, found: list[Finding], out: Path,
     return paths
 
 
+def srt_terms_line(compare_dir: Path, seeds: Sequence[int]) -> str:
+    """What the compare's SRT trained (the paper: both terms), since (a), (b), (g) and (i) read its SRT model."""
+    from sdzero.runfolder import read_stages, recorded_settings
+
+    terms = set()
+    for seed in seeds:
+        settings = recorded_settings(read_stages(compare_dir / f"seed-{seed}" / "sdzero"))
+        terms.add(" + ".join(t for t, on in (("L_revision", settings.get("srt_revision_loss", True)),
+                                              ("L_generation", settings.get("srt_generation_loss"))) if on))
+    said = " / ".join(sorted(terms))
+    paper = "as the paper's" if terms == {"L_revision + L_generation"} else "the paper trains L_revision + L_generation"
+    return f"The compare's SRT trained {said} ({paper}); (a), (b), (g) and (i) read that SRT model."
+
+
 def write_findings(cfg: FindingsConfig) -> Path:
     """Run the variants (resuming), then compute every finding; write findings.md and findings.json."""
     from sdzero.logs import info
@@ -633,7 +651,9 @@ def write_findings(cfg: FindingsConfig) -> Path:
     for name in cfg.variant_list():
         for seed in compare_seeds:
             if is_compare_run(compare_dir, seed, name):
-                info(f"[findings] seed {seed}: {name} is the compare's own run (no fork)")
+                leftover = compare_dir / "variants" / name / f"seed-{seed}"
+                info(f"[findings] seed {seed}: {name} is the compare's own run (no fork)"
+                     + (f"; {leftover}, a fork made when it was not, is not read" if leftover.exists() else ""))
                 continue
             info(f"[findings] seed {seed}: {name}")
             run_variant(compare_dir, seed, name)
@@ -643,6 +663,7 @@ def write_findings(cfg: FindingsConfig) -> Path:
     lines = ["# The paper's findings on this setting", "",
              f"From `sdzero findings --compare_dir {compare_dir}`; seeds read: {', '.join(map(str, seeds))} (each "
              "row says which it used). Accuracy differences in points of avg@k on the held-out questions.", "",
+             srt_terms_line(compare_dir, seeds), "",
              "Verdict rule (fixed before the results below were read; its history: `sdzero/findings.py`):", "",
              RULE, "",
              "| | finding | paper | ours | 95% interval | verdict |", "|---|---|---|---|---|---|"]

@@ -14,8 +14,9 @@ from sdzero.files import atomic_write_text
 # The run settings the card lists: what made the model (the rest is in stages.json, uploaded beside it).
 CARD_SETTINGS = ("model", "task", "eval_size", "phase1_size", "phase2_size", "max_new_tokens", "temperature",
                  "collect_drafts_per_question", "collect_revisions_per_draft", "collect_pair_right_drafts",
-                 "srt_learning_rate", "srt_num_train_epochs", "distill_max_steps", "distill_questions_per_step",
-                 "distill_learning_rate", "distill_divergence", "distill_divergence_kind", "distill_teacher", "seed")
+                 "srt_learning_rate", "srt_num_train_epochs", "srt_generation_loss", "distill_max_steps",
+                 "distill_questions_per_step", "distill_learning_rate", "distill_divergence", "distill_divergence_kind",
+                 "distill_teacher", "seed")
 
 
 def model_card(repo_id: str, state: dict[str, Any], table: dict[str, dict[str, Any]],

@@ -223,7 +223,7 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig, rerun_stale
     from sdzero.distill import run_distill
     from sdzero.evaluate import EvalConfig, check_eval_split, evaluate_model
     from sdzero.reports import write_run_report
-    from sdzero.runfolder import history_totals, read_history
+    from sdzero.runfolder import history_totals, read_history, recorded_settings
     from sdzero.srt import run_srt
     from sdzero.training import check_sharding_applied
 
@@ -237,7 +237,8 @@ def run_pipeline(mc: Any, tc: Any, gc: Any, rc: Any, cfg: RunConfig, rerun_stale
     # What the finished stages depend on; not where the run lives (a run folder may be moved) or where it stops.
     own = {k: v for k, v in asdict(cfg).items() if k not in ("stop_after", "output_dir")}
     settings = json.loads(json.dumps({**asdict(mc), **asdict(tc), **asdict(gc), **asdict(rc), **own}))
-    stored = {k: v for k, v in state.setdefault("settings", settings).items() if k != "output_dir"}  # older runs
+    state.setdefault("settings", settings)
+    stored = {k: v for k, v in recorded_settings(state).items() if k != "output_dir"}  # older runs: no output_dir
     # A field added since that run was made (to any of its configs), left at its default, matches.
     for k, v in _field_defaults(type(mc), type(tc), type(gc), type(rc), RunConfig).items():
         if k not in stored and settings.get(k) == v:

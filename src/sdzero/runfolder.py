@@ -115,6 +115,16 @@ def read_stages(run_dir: str | Path) -> dict[str, Any]:
     return read_record(Path(run_dir) / STAGES_FILE)
 
 
+# What a setting missing from an older run's record meant when that run was made, where today's default says
+# otherwise: SRT trained both loss terms until the embedded default moved to L_revision alone (issue 13).
+SETTINGS_BEFORE_RECORDED = {"srt_generation_loss": True}
+
+
+def recorded_settings(state: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded settings (stages.json's), with what an older record left out but meant."""
+    return {**SETTINGS_BEFORE_RECORDED, **state.get("settings", {})}
+
+
 def write_stages(run_dir: str | Path, state: dict[str, Any]) -> None:
     atomic_write_json(Path(run_dir) / STAGES_FILE, state)
 
