@@ -652,3 +652,27 @@ def test_answer_token_positions(tokenizer):
     pos = answer_token_positions(decode, ids, "17")
     assert decode([ids[j] for j in pos]) == "17"  # the last occurrence, not the 7 of "= 7"
     assert answer_token_positions(decode, ids, "99") == [] and answer_token_positions(decode, ids, None) == []
+
+
+def test_token_positions_by_bisection_match_a_scan_of_every_prefix(tokenizer):
+    """answer_token_positions and final_attempt_start bisect over prefix lengths; on varied traces they give
+    what decoding every prefix gives (token j carries the characters decode(ids[:j]) -> decode(ids[:j + 1]))."""
+    import random
+
+    from sdzero.selfloc import answer_token_positions
+
+    decode = lambda ids: tokenizer.decode(ids)  # noqa: E731
+    phrase = ControlPhrases().wrong
+    rng = random.Random(0)
+    for _ in range(40):
+        pieces = ["3", "+", "4", "=", "17", "so", "Answer:", "over.", phrase]
+        words = [rng.choice(pieces) for _ in range(rng.randint(1, 30))]
+        ids = text_ids(tokenizer, " ".join(words))
+        ends = [len(decode(ids[: j + 1])) for j in range(len(ids))]
+        text = decode(ids)
+        at = text.rfind("17")
+        scan = [j for j in range(len(ids)) if ends[j] > at and (ends[j - 1] if j else 0) < at + 2] if at >= 0 else []
+        assert answer_token_positions(decode, ids, "17") == scan
+        cut = text.rfind(phrase) + len(phrase) if phrase in text else -1
+        first = next((j for j in range(len(ids)) if ends[j] > cut), len(ids)) if cut >= 0 else 0
+        assert final_attempt_start(decode, ids, [phrase]) == first

@@ -166,13 +166,11 @@ def loss_weights(num_tokens: int, counted: bool, skip_first: int = 0) -> list[fl
 def final_attempt_start(decode: Any, ids: Sequence[int], control_phrases: Sequence[str]) -> int:
     """Index of the first token of `ids` whose text reaches past the end of the last control phrase in the
     decoded response (where its final attempt begins, as grading cuts it); 0 when it holds none."""
-    from sdzero.selfloc import token_text_ends
+    from sdzero.selfloc import token_covering
     from sdzero.verifiers.answers import last_control_phrase_end
 
     cut = last_control_phrase_end(decode(list(ids)), control_phrases)
-    if cut < 0:
-        return 0
-    return next((j for j, end in enumerate(token_text_ends(decode, ids)) if end > cut), len(ids))
+    return 0 if cut < 0 else token_covering(decode, ids, cut)
 
 
 def step_question_indices(num_questions: int, per_step: int, step: int, seed: int) -> list[int]:
