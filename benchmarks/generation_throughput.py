@@ -3,17 +3,18 @@
     python benchmarks/generation_throughput.py                      # embedded model, 64 prompts, 128-token cap
     python benchmarks/generation_throughput.py --model outputs/srt-embedded/model --prompts 96
 
-Same model, prompts, batch size, cap and temperature for both; the two decoders alternate (compact, generate,
-compact, generate, ...) so that machine noise hits both alike. Prints responses/s and response tokens/s of
-each, and the ratio; then the cost of one decoding step at batch 1 and at the batch size, which is why the
+Same model, prompts, batch size, cap and temperature for both; the decoders alternate (compact, compact without the
+fused pass, generate, compact, ...) so that machine noise hits both alike. Prints responses/s and response tokens/s
+of each, and the ratio; then the cost of one decoding step at batch 1 and at the batch size, which is why the
 compact decoder refills its batch instead of letting it shrink; then a step as transformers runs it, with the
-weights laid out once for oneDNN, and also with a KV cache that appends in place (the last two: what the
-compact decoder does); then the cost of drawing a token from the logits (sdzero's sampler against softmax +
-torch.multinomial, which `generate` uses); then the compact decoder at each of --batch_sizes on the same
-prompts, and its distance to the machine's floor: a decoding step must read every weight once (weights' bytes
-/ the measured read bandwidth) and do 2 x parameters x batch multiply-adds (/ the measured matmul rate in the
-model's dtype), so the larger of the two is the least a step can take, and batch / that time the most tokens
-per second at that batch size.
+weights laid out once for oneDNN, and also with a KV cache that appends in place (the compact decoder before the
+fused pass), and through sdzero's fused pass (what the compact decoder does now, for Llama-family models; the
+end-to-end comparison also runs the compact decoder without it); then the cost of drawing a token from the logits
+(sdzero's sampler against softmax + torch.multinomial, which `generate` uses); then the compact decoder at each of
+--batch_sizes on the same prompts, and its distance to the machine's floor: a decoding step must read every weight
+once (weights' bytes / the measured read bandwidth) and do 2 x parameters x batch multiply-adds (/ the measured
+matmul rate in the model's dtype), so the larger of the two is the least a step can take, and batch / that time the
+most tokens per second at that batch size.
 """
 
 from __future__ import annotations
@@ -44,24 +45,33 @@ def main() -> None:
     model, tok = load_model_and_tokenizer(args.model, "auto", None)
     prompts = build_prompts(tok, questions, None, None)
     params = SamplingParams(args.max_new_tokens, args.temperature)
-    totals = {d: {"s": 0.0, "seqs": 0, "tokens": 0, "capped": 0} for d in ("compact", "generate")}
+    import sdzero.generation as generation
+
+    fused_forward = generation.fused_forward
+    decoders = ("compact", "compact, transformers' forward", "generate")
+    totals = {d: {"s": 0.0, "seqs": 0, "tokens": 0, "capped": 0} for d in decoders}
     for r in range(args.rounds):
-        for decode in ("compact", "generate"):
-            gen = HFGenerator(model, tok, batch_size=args.batch_size, show_progress=False, decode=decode)
+        for decoder in decoders:
+            # the compact decoder as it was before the fused pass: the model through transformers' forward
+            generation.fused_forward = fused_forward if decoder == "compact" else (lambda m: None)
+            gen = HFGenerator(model, tok, batch_size=args.batch_size, show_progress=False,
+                              decode="generate" if decoder == "generate" else "compact")
             t0 = time.perf_counter()
             out = gen.generate(prompts, params, seed=r)
-            t = totals[decode]
+            t = totals[decoder]
             t["s"] += time.perf_counter() - t0
             t["seqs"] += len(out)
             t["tokens"] += sum(c.num_tokens for cs in out for c in cs)
             t["capped"] += sum(c.finish_reason == "length" for cs in out for c in cs)
+    generation.fused_forward = fused_forward
     print(f"model={args.model} prompts={args.prompts} cap={args.max_new_tokens} T={args.temperature} "
           f"batch={args.batch_size} rounds={args.rounds}")
     for d, t in totals.items():
-        print(f"  {d:<8} {t['seqs'] / t['s']:6.2f} responses/s  {t['tokens'] / t['s']:7.1f} tokens/s  "
+        print(f"  {d:<30} {t['seqs'] / t['s']:6.2f} responses/s  {t['tokens'] / t['s']:7.1f} tokens/s  "
               f"mean length {t['tokens'] / t['seqs']:.1f}  at the cap {t['capped'] / t['seqs']:.0%}")
-    c, g = totals["compact"], totals["generate"]
-    print(f"compact / generate: {(c['seqs'] / c['s']) / (g['seqs'] / g['s']):.2f}x responses/s")
+    rate = {d: t["seqs"] / t["s"] for d, t in totals.items()}
+    print(f"compact / generate: {rate['compact'] / rate['generate']:.2f}x responses/s (without the fused pass "
+          f"{rate[decoders[1]] / rate['generate']:.2f}x; the fused pass {rate['compact'] / rate[decoders[1]]:.2f}x)")
     # Why a batch that shrinks is wasteful: one decoding step costs nearly as much for 1 row as for a full batch.
     one, full = step_ms(model, 1), step_ms(model, args.batch_size)
     print(f"one decoding step (60-token context): {one:.0f} ms at batch 1, {full:.0f} ms at batch "
@@ -70,12 +80,16 @@ def main() -> None:
     # compact decoder lays every weight out once per generation (sdzero.generation.packed_linear_weights).
     # The KV cache: transformers' DynamicCache copies every layer's cache to append a column; sdzero's appends
     # in place (sdzero.generation._roomy_cache).
+    # The fused pass: one matmul for q, k, v and one for gate, up per layer, the rotation of q and k in one go,
+    # the mask made once per step, outside transformers' modules (sdzero.fused_forward).
     for b in sorted({args.batch_size, *map(int, args.batch_sizes.split(","))}):
-        plain = step_ms(model, b, packed=False, roomy=False)
-        packed = step_ms(model, b, roomy=False)
-        both = step_ms(model, b)
+        plain = step_ms(model, b, packed=False, roomy=False, fused=False)
+        packed = step_ms(model, b, roomy=False, fused=False)
+        both = step_ms(model, b, fused=False)
+        fused = step_ms(model, b)
         print(f"one decoding step at batch {b:>4}: plain {plain:.0f} ms; weights laid out once {packed:.0f} ms "
-              f"({plain / packed:.2f}x); and the cache appended in place {both:.0f} ms ({plain / both:.2f}x)")
+              f"({plain / packed:.2f}x); and the cache appended in place {both:.0f} ms ({plain / both:.2f}x); "
+              f"the fused pass {fused:.0f} ms ({plain / fused:.2f}x, {both / fused:.2f}x the one before)")
     # Drawing the token: a decoding step's other half. torch.multinomial (what `generate` uses, and the compact
     # decoder before) draws one exponential per vocabulary entry; sdzero's draw inverts the cumulative sum.
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -157,27 +171,36 @@ def draw_ms(vocab: int, batch: int, temperature: float, rounds: int = 10) -> tup
     return times["sdzero"], times["multinomial"]
 
 
-def step_ms(model, batch: int, context: int = 60, steps: int = 20, packed: bool = True, roomy: bool = True) -> float:
-    """Mean milliseconds of one cached decoding step (no sampling) at this batch size; `packed`: the linear
-    layers' weights laid out once for oneDNN, `roomy`: a KV cache that appends in place; both as the
-    compact decoder runs; neither: transformers' DynamicCache and plain layers."""
+def step_ms(model, batch: int, context: int = 60, steps: int = 20, packed: bool = True, roomy: bool = True,
+            fused: bool = True) -> float:
+    """Mean milliseconds of one cached decoding step (no sampling) at this batch size, called as the compact
+    decoder calls it (attention mask and positions given). `fused`: sdzero's fused pass (sdzero.fused_forward;
+    it lays its own weights out, so `packed` does not apply), which the compact decoder takes where it covers
+    the model; else transformers' forward, with `packed`: the linear layers' weights laid out once for oneDNN;
+    `roomy`: a KV cache that appends in place (else transformers' DynamicCache)."""
     from contextlib import nullcontext
 
     import torch
     from transformers import DynamicCache
 
-    from sdzero.generation import _roomy_cache, packed_linear_weights
+    from sdzero.fused_forward import fused_forward
+    from sdzero.generation import _roomy_cache, packed_linear_weights, transformers_forward
 
     cache = _roomy_cache() if roomy else DynamicCache()
-    with torch.no_grad(), packed_linear_weights(model) if packed else nullcontext():
-        model(input_ids=torch.randint(0, 1000, (batch, context)), past_key_values=cache, use_cache=True,
-              logits_to_keep=1)
-        token = torch.randint(0, 1000, (batch, 1))
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            model(input_ids=token, past_key_values=cache, use_cache=True)
+    mask = torch.ones(batch, context, dtype=torch.long)
+    with torch.no_grad():
+        forward = fused_forward(model) if fused else None
+        if fused and forward is None:
+            return float("nan")  # a model the fused pass does not cover
+        with packed_linear_weights(model) if packed and not fused else nullcontext():
+            forward = forward or transformers_forward(model)
+            forward(torch.randint(0, 1000, (batch, context)), mask, torch.arange(context).expand(batch, -1), cache)
+            token = torch.randint(0, 1000, (batch, 1))
+            t0 = time.perf_counter()
+            for i in range(steps):
+                mask = torch.cat([mask, mask.new_ones(batch, 1)], 1)
+                forward(token, mask, torch.full((batch, 1), context + i), cache)
     return (time.perf_counter() - t0) / steps * 1000
-
 
 if __name__ == "__main__":
     main()

@@ -309,6 +309,7 @@ def test_compact_decoder_runs_with_packed_weights(tiny_model, tokenizer, prompts
         return real(model)
 
     monkeypatch.setattr(generation, "packed_linear_weights", spy)
+    monkeypatch.setattr(generation, "fused_forward", lambda m: None)  # a model the fused pass does not cover
     HFGenerator(tiny_model, tokenizer, batch_size=2, show_progress=False).generate(prompts, SamplingParams(4))
     assert entered == [tiny_model]
     HFGenerator(tiny_model, tokenizer, batch_size=2, show_progress=False, decode="generate").generate(
@@ -317,9 +318,11 @@ def test_compact_decoder_runs_with_packed_weights(tiny_model, tokenizer, prompts
 
 
 @pytest.mark.skipif(not ONEDNN_BF16, reason="this torch / CPU has no oneDNN bf16 kernels")
-def test_compact_decoding_under_bf16_autocast_matches_generate(tokenizer, monkeypatch):
-    """Phase-2 rollouts: fp32 weights under bf16 autocast, every linear layer switched to its laid-out copy,
-    the same greedy tokens as transformers' `generate` under the same autocast."""
+@pytest.mark.parametrize("path", ["fused pass", "transformers' layers"])
+def test_compact_decoding_under_bf16_autocast_matches_generate(tokenizer, monkeypatch, path):
+    """Phase-2 rollouts: fp32 weights under bf16 autocast, every matmul from a laid-out copy (the fused pass's
+    own, or every linear layer switched where the model goes through transformers), the same greedy tokens as
+    transformers' `generate` under the same autocast."""
     from contextlib import contextmanager
 
     from conftest import make_model
@@ -340,13 +343,20 @@ def test_compact_decoding_under_bf16_autocast_matches_generate(tokenizer, monkey
             yield n
 
     monkeypatch.setattr(generation, "packed_linear_weights", counting)
+    fused, real_fused = [], generation.fused_forward
+    monkeypatch.setattr(generation, "fused_forward", lambda m: fused.append(real_fused(m)) or fused[-1]
+                        if path == "fused pass" else None)
     prompts = [chat_prompt_ids(tokenizer, q) for q in ("Hi", "What is 2+3? Think.", "abc", "Name a prime.")]
     params = SamplingParams(max_new_tokens=10, temperature=0.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         compact = HFGenerator(model, tokenizer, batch_size=3, show_progress=False).generate(prompts, params)
         plain = HFGenerator(model, tokenizer, batch_size=4, show_progress=False, decode="generate").generate(
             prompts, params)
-    assert switched == [2 * 7 + 1]
+    if path == "fused pass":
+        assert switched == [] and all(m.laid_out for layer in fused[0].layers
+                                      for m in (layer.qkv, layer.out, layer.gate_up, layer.down))
+    else:
+        assert switched == [2 * 7 + 1]
     assert [c.ids for cs in compact for c in cs] == [c.ids for cs in plain for c in cs]
 
 

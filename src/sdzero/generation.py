@@ -20,17 +20,20 @@ Simplifications of `HFGenerator`, stated up front:
   the weight out again every time, in every layer of every step. Same arithmetic (bf16 products, fp32
   sums), the sums possibly in another order; a copy of the weights for the length of the call. Its KV
   cache appends each step's column in place rather than copying the whole cache (`_roomy_cache`).
+- For Llama-family models (Llama, Qwen2, Qwen3) the compact decoder runs its own forward pass over the model's
+  weights, with fused projections (`sdzero.fused_forward`); other models go through transformers' forward.
 """
 
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Sequence
 
 
 from sdzero.errors import SDZeroError
+from sdzero.fused_forward import FusedForward, fused_forward, onednn_bf16_weight
 from sdzero.logs import progress
 
 # Sequences decoded together. On a CPU a decoding step is far from its floor at any batch size, and a larger
@@ -112,14 +115,15 @@ class HFGenerator(Generator):
         self.pad_id = int(pad) if pad is not None else self.stop_ids[0]
 
     def _decode_stream(self, prompts: Sequence[list[int]], items: list[tuple[int, int]], params: SamplingParams,
-                       seed: int, bar: Any) -> dict[tuple[int, int], list[int]]:
+                       seed: int, bar: Any, forward: Any) -> dict[tuple[int, int], list[int]]:
         """Token-by-token decoding of every item through one batch that is refilled as rows finish.
 
         A row leaves the batch (and its KV cache) when it stops; once `refill` slots are free, the next
         prompts are prefilled together and joined to the running batch, right-aligned on the cache's last
         column (left padding, as for a fresh batch). So the batch stays near `batch_size` live rows until
         the queue runs dry, and a long response never holds up the prompts behind it. Same distribution as
-        `generate` with do_sample, top_k=0 (temperature, then top-p); greedy when T = 0.
+        `generate` with do_sample, top_k=0 (temperature, then top-p); greedy when T = 0. `forward(ids, mask,
+        positions, cache)` gives each row's next-token logits (`_forward_for`).
         """
         import torch
 
@@ -137,9 +141,7 @@ class HFGenerator(Generator):
             ids, m = (t.to(device) for t in _left_pad([prompts[i] for i, _ in group], self.pad_id))
             pos = (m.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
             c = _roomy_cache()
-            lg = self.model(input_ids=ids, attention_mask=m, position_ids=pos, past_key_values=c, use_cache=True,
-                            logits_to_keep=1).logits[:, -1]
-            return c, m, pos[:, -1] + 1, lg
+            return c, m, pos[:, -1] + 1, forward(ids, m, pos, c)
 
         while queue or live:
             if queue and (not live or self.batch_size - len(live) >= min(refill, len(queue))):
@@ -173,10 +175,14 @@ class HFGenerator(Generator):
                     for layer in cache.layers:
                         layer.drop_leading(lead)
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            logits = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                                past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = forward(token[:, None], mask, next_pos[:, None], cache)
             next_pos = next_pos + 1
         return out
+
+    def _forward_for(self) -> Any:
+        """The model's next-token logits as the compact decoder calls them: sdzero's fused pass where it covers
+        the model (`sdzero.fused_forward`), else transformers' forward (call it with gradients off)."""
+        return fused_forward(self.model) or transformers_forward(self.model)
 
     def _finish(self, row: list[int]) -> Completion:
         return _trim_at_stop(row, self.stop_ids, self.tokenizer)
@@ -209,8 +215,10 @@ class HFGenerator(Generator):
         bar = progress(len(items), desc, unit="seq", disable=not self.show_progress, leave=False)
         try:
             if self.decode == "compact":
-                with torch.no_grad(), packed_linear_weights(self.model):
-                    done = self._decode_stream(prompts, items, params, seed * 1_000_003, bar)
+                with torch.no_grad():
+                    forward = self._forward_for()  # a fused pass lays its own weights out: no second copy
+                    with nullcontext() if isinstance(forward, FusedForward) else packed_linear_weights(self.model):
+                        done = self._decode_stream(prompts, items, params, seed * 1_000_003, bar, forward)
                 for (i, j), ids in done.items():
                     out[i][j] = self._finish(ids)
             else:
@@ -229,6 +237,20 @@ class HFGenerator(Generator):
             bar.close()
             self.model.train(was_training)
         return out  # type: ignore[return-value]
+
+
+def transformers_forward(model: Any) -> Any:
+    """forward(ids, mask, positions, cache) -> each row's last logits, through the model's own forward."""
+    import inspect
+
+    # transformers renamed the cache argument (`past_key_values` warns from 5.2x on): pass what it takes
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def forward(ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                     **{name: cache}).logits[:, -1]
+
+    return forward
 
 
 def _left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[Any, Any]:
@@ -302,27 +324,22 @@ def packed_linear_weights(model: Any) -> Iterator[int]:
     a bf16 copy of every switched weight for the length of the block."""
     import torch
 
-    mkldnn = torch.ops.mkldnn
-    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     switched: list[Any] = []
     try:
-        if (not torch.is_grad_enabled() and hasattr(mkldnn, "_reorder_linear_weight")
-                and mkldnn._is_mkldnn_bf16_supported()):
-            try:
-                for layer in model.modules():
-                    w = getattr(layer, "weight", None)
-                    if type(layer) is not torch.nn.Linear or w is None or "forward" in vars(layer) \
-                            or w.device.type != "cpu" or not (w.dtype == torch.bfloat16
-                                                              or (w.dtype == torch.float32 and autocast_bf16)):
-                        continue
-                    packed = mkldnn._reorder_linear_weight(w.detach().to(torch.bfloat16))
-                    bias = None if layer.bias is None else layer.bias.detach().to(torch.bfloat16)
-                    layer.forward = _packed_forward(layer, packed, bias)  # shadows the class's forward
-                    switched.append(layer)
-            except RuntimeError:  # a oneDNN build without these kernels for some shape: keep every layer plain
-                for layer in switched:
-                    del layer.forward
-                switched = []
+        try:
+            for layer in model.modules():
+                w = getattr(layer, "weight", None)
+                if type(layer) is not torch.nn.Linear or w is None or "forward" in vars(layer) \
+                        or not onednn_bf16_weight(w):
+                    continue
+                packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().to(torch.bfloat16))
+                bias = None if layer.bias is None else layer.bias.detach().to(torch.bfloat16)
+                layer.forward = _packed_forward(layer, packed, bias)  # shadows the class's forward
+                switched.append(layer)
+        except RuntimeError:  # a oneDNN build without these kernels for some shape: keep every layer plain
+            for layer in switched:
+                del layer.forward
+            switched = []
         yield len(switched)
     finally:
         for layer in switched:
