@@ -12,9 +12,9 @@ fused pass), and through sdzero's fused pass (what the compact decoder does now,
 end-to-end comparison also runs the compact decoder without it); then the cost of drawing a token from the logits
 (sdzero's sampler against softmax + torch.multinomial, which `generate` uses); then the compact decoder at each of
 --batch_sizes on the same prompts, and its distance to the machine's floor: a decoding step must read every weight
-once (weights' bytes / the measured read bandwidth) and do 2 x parameters x batch multiply-adds (/ the measured
-matmul rate in the model's dtype), so the larger of the two is the least a step can take, and batch / that time the
-most tokens per second at that batch size.
+and every row's cached keys and values once (their bytes / the measured read bandwidth) and do 2 x parameters x
+batch multiply-adds (/ the measured matmul rate in the model's dtype), so the larger of the two is the least a step
+can take, and batch / that time the most tokens per second at that batch size.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch_sizes", default="32,64,128", help="compact decoder batch sizes to compare")
+    ap.add_argument("--generate_batch_sizes", default="",
+                    help="also run `generate` at these batch sizes, and compare each decoder at its best")
     args = ap.parse_args()
 
     from sdzero.config import TaskConfig
@@ -107,20 +109,42 @@ def main() -> None:
             by_batch[b]["s"] += time.perf_counter() - t0
             by_batch[b]["tokens"] += sum(c.num_tokens for cs in out for c in cs)
             by_batch[b]["seqs"] += len(out)
+    generate_sizes = [int(b) for b in args.generate_batch_sizes.split(",") if b]
+    by_generate_batch = {b: {"s": 0.0, "seqs": 0} for b in generate_sizes}
+    for r in range(args.rounds if generate_sizes else 0):
+        for b in generate_sizes if r % 2 == 0 else generate_sizes[::-1]:
+            gen = HFGenerator(model, tok, batch_size=b, show_progress=False, decode="generate")
+            t0 = time.perf_counter()
+            by_generate_batch[b]["seqs"] += len(gen.generate(prompts, params, seed=r))
+            by_generate_batch[b]["s"] += time.perf_counter() - t0
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     params_count = sum(p.numel() for p in model.parameters())
     bandwidth, flops = read_bandwidth(), matmul_rate(next(model.parameters()).dtype)
-    print(f"weights {weights / 1e6:.0f} MB, read bandwidth {bandwidth / 1e9:.1f} GB/s, matmul "
-          f"{flops / 1e9:.0f} GFLOP/s: a step takes at least max({weights / bandwidth * 1000:.0f} ms, "
+    # A step also reads every row's keys and values once: at batch 128 and ~70 columns, nearly the weights' bytes
+    config = model.config
+    kv_heads, layers = config.num_key_value_heads, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_per_row = 2 * layers * kv_heads * head_dim * (60 + 10) * next(model.parameters()).element_size()
+    print(f"weights {weights / 1e6:.0f} MB, KV cache {kv_per_row / 1e6:.2f} MB per row (the steps' mean context, 70), "
+          f"read bandwidth {bandwidth / 1e9:.1f} GB/s, matmul {flops / 1e9:.0f} GFLOP/s: a step takes at least "
+          f"max({weights / bandwidth * 1000:.0f} ms + {kv_per_row / bandwidth * 1000:.2f} ms x batch, "
           f"{2 * params_count / flops * 1000:.2f} ms x batch)")
     base = by_batch[batch_sizes[0]]
     for b, t in by_batch.items():
         ms = step_ms(model, b)
-        floor_ms = max(weights / bandwidth, 2 * params_count * b / flops) * 1000
+        floor_ms = max((weights + kv_per_row * b) / bandwidth, 2 * params_count * b / flops) * 1000
         print(f"  compact, batch {b:>4}: {t['seqs'] / t['s']:6.2f} responses/s {t['tokens'] / t['s']:7.1f} tokens/s "
               f"({(t['seqs'] / t['s']) / (base['seqs'] / base['s']):.2f}x batch {batch_sizes[0]}); one step "
               f"{ms:.0f} ms = {ms / floor_ms:.1f}x the floor, {b * 1000 / ms:.0f} of at most "
               f"{b * 1000 / floor_ms:.0f} tokens/s")
+    if generate_sizes:
+        rates = {b: t["seqs"] / t["s"] for b, t in by_generate_batch.items()}
+        print("  generate, " + ", ".join(f"batch {b}: {v:.2f}" for b, v in rates.items()) + " responses/s")
+        best_c = max(by_batch, key=lambda b: by_batch[b]["seqs"] / by_batch[b]["s"])
+        best_g = max(rates, key=rates.get)
+        c = by_batch[best_c]["seqs"] / by_batch[best_c]["s"]
+        print(f"each at its best batch size: compact (batch {best_c}) / generate (batch {best_g}): "
+              f"{c / rates[best_g]:.2f}x responses/s")
 
 
 def matmul_rate(dtype, n: int = 2048, rounds: int = 5) -> float:
