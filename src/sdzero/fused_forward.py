@@ -142,7 +142,7 @@ class FusedForward:
         cos, sin = cos[:, :, None], sin[:, :, None]  # over the heads of [rows, new, heads, dim]
         width = mask.shape[1]
         allowed = mask[:, None, None, :].bool()  # [rows, 1, 1, width]: key columns each row may see
-        if new > 1:  # a prefill: causal, and a padding query sees itself (a row with no key would give NaN)
+        if new > 1:  # a prefill: causal, and a padding query sees itself (kernels differ on a row with no key)
             query_col = torch.arange(width - new, width, device=ids.device)[:, None]
             keys = torch.arange(width, device=ids.device)[None, :]
             allowed = (allowed & (keys <= query_col)) | (keys == query_col)
@@ -163,9 +163,10 @@ class FusedForward:
             if new == 1 and groups > 1:  # one query: each key head's group of query heads as its "positions"
                 o = F.scaled_dot_product_attention(q.reshape(rows, kv_heads, groups, dim), k, v,
                                                    attn_mask=attn_mask, scale=layer.scaling)
-            else:
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=layer.scaling,
-                                                   enable_gqa=groups > 1)
+            else:  # a prefill: each key head repeated for its group (as transformers does on a CPU)
+                if groups > 1:
+                    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=layer.scaling)
             o = o.reshape(rows, heads, new, dim).transpose(1, 2).reshape(rows, new, heads * dim)
             x = x + layer.out(o)
             gate_up = layer.gate_up(layer.post_norm(x))
