@@ -52,20 +52,22 @@ def main() -> None:
     fused_forward = generation.fused_forward
     decoders = ("compact", "compact, transformers' forward", "generate")
     totals = {d: {"s": 0.0, "seqs": 0, "tokens": 0, "capped": 0} for d in decoders}
-    for r in range(args.rounds):
-        for decoder in decoders:
-            # the compact decoder as it was before the fused pass: the model through transformers' forward
-            generation.fused_forward = fused_forward if decoder == "compact" else (lambda m: None)
-            gen = HFGenerator(model, tok, batch_size=args.batch_size, show_progress=False,
-                              decode="generate" if decoder == "generate" else "compact")
-            t0 = time.perf_counter()
-            out = gen.generate(prompts, params, seed=r)
-            t = totals[decoder]
-            t["s"] += time.perf_counter() - t0
-            t["seqs"] += len(out)
-            t["tokens"] += sum(c.num_tokens for cs in out for c in cs)
-            t["capped"] += sum(c.finish_reason == "length" for cs in out for c in cs)
-    generation.fused_forward = fused_forward
+    try:
+        for r in range(args.rounds):
+            for decoder in decoders:
+                # the compact decoder as it was before the fused pass: the model through transformers' forward
+                generation.fused_forward = fused_forward if decoder == "compact" else (lambda m: None)
+                gen = HFGenerator(model, tok, batch_size=args.batch_size, show_progress=False,
+                                  decode="generate" if decoder == "generate" else "compact")
+                t0 = time.perf_counter()
+                out = gen.generate(prompts, params, seed=r)
+                t = totals[decoder]
+                t["s"] += time.perf_counter() - t0
+                t["seqs"] += len(out)
+                t["tokens"] += sum(c.num_tokens for cs in out for c in cs)
+                t["capped"] += sum(c.finish_reason == "length" for cs in out for c in cs)
+    finally:
+        generation.fused_forward = fused_forward
     print(f"model={args.model} prompts={args.prompts} cap={args.max_new_tokens} T={args.temperature} "
           f"batch={args.batch_size} rounds={args.rounds}")
     for d, t in totals.items():
@@ -225,6 +227,7 @@ def step_ms(model, batch: int, context: int = 60, steps: int = 20, packed: bool 
                 mask = torch.cat([mask, mask.new_ones(batch, 1)], 1)
                 forward(token, mask, torch.full((batch, 1), context + i), cache)
     return (time.perf_counter() - t0) / steps * 1000
+
 
 if __name__ == "__main__":
     main()

@@ -10,8 +10,9 @@ ONEDNN_BF16 = hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.ops.
 
 
 def tiny(kind: str, vocab: int = 64, seed: int = 0):
-    """A random 2-layer model of each covered family: Llama (GQA), Qwen2 (biases on q, k, v), Qwen3 (per-head
-    norms, head_dim apart from hidden / heads)."""
+    """A random 2-layer model of each covered family: Llama (GQA), Llama with every bias, tied embeddings and
+    one key head per query head, Qwen2 (biases on q, k, v), Qwen3 (per-head norms, head_dim apart from
+    hidden / heads)."""
     from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                               Qwen3ForCausalLM)
 
@@ -19,6 +20,9 @@ def tiny(kind: str, vocab: int = 64, seed: int = 0):
     common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
     config, cls = {"llama": (LlamaConfig(**common), LlamaForCausalLM),
+                   "llama-biases-tied-mha": (LlamaConfig(**{**common, "num_key_value_heads": 4,
+                                                            "tie_word_embeddings": True}, attention_bias=True,
+                                                         mlp_bias=True), LlamaForCausalLM),
                    "qwen2": (Qwen2Config(**common), Qwen2ForCausalLM),
                    "qwen3": (Qwen3Config(**common, head_dim=16), Qwen3ForCausalLM)}[kind]
     model = cls(config).eval()
@@ -41,7 +45,7 @@ def transformers_logits(model, ids, mask, positions, cache):
     return transformers_forward(model)(ids, mask, positions, cache)
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("kind", ["llama", "llama-biases-tied-mha", "qwen2", "qwen3"])
 def test_fused_pass_gives_transformers_logits_through_a_padded_prefill_and_steps(kind):
     model = tiny(kind)
     ids, mask, positions = left_padded([[5, 9, 2, 7, 1, 30], [3, 4], [11, 12, 13, 60]])
@@ -64,16 +68,24 @@ def test_fused_pass_gives_transformers_logits_through_a_padded_prefill_and_steps
 
 
 def test_fused_pass_covers_only_what_it_can():
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
     model = tiny("llama")
     assert fused_forward(model) is None  # gradients on: it is for inference only
     with torch.no_grad():
+        assert fused_forward(model) is not None
         assert fused_forward(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64))) is None
+        sliding = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                               num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
+                                               sliding_window=8, max_window_layers=1))
+        assert fused_forward(sliding) is None
         layer = model.model.layers[1].mlp.up_proj
-        layer.forward = lambda x: torch.nn.Linear.forward(layer, x)  # e.g. an adapter or hook on one layer
+        layer.forward = lambda x: torch.nn.Linear.forward(layer, x)  # e.g. an adapter replacing one forward
         assert fused_forward(model) is None
         del layer.forward
+        hook = model.model.layers[0].register_forward_pre_hook(lambda m, a: None)  # FSDP gathers weights in one
+        assert fused_forward(model) is None
+        hook.remove()
         assert fused_forward(model) is not None
 
 
@@ -123,3 +135,4 @@ def test_fused_pass_lays_out_bf16_matmuls_and_matches_the_laid_out_layers(weight
             b = transformers_logits(model, ids, mask, positions, _roomy_cache())
     assert a.dtype == b.dtype == torch.bfloat16
     torch.testing.assert_close(a.float(), b.float(), rtol=0.05, atol=0.1)
+    assert torch.equal(a.argmax(-1), b.argmax(-1))

@@ -344,8 +344,8 @@ def test_compact_decoding_under_bf16_autocast_matches_generate(tokenizer, monkey
 
     monkeypatch.setattr(generation, "packed_linear_weights", counting)
     fused, real_fused = [], generation.fused_forward
-    monkeypatch.setattr(generation, "fused_forward", lambda m: fused.append(real_fused(m)) or fused[-1]
-                        if path == "fused pass" else None)
+    monkeypatch.setattr(generation, "fused_forward",
+                        lambda m: (fused.append(real_fused(m)) or fused[-1]) if path == "fused pass" else None)
     prompts = [chat_prompt_ids(tokenizer, q) for q in ("Hi", "What is 2+3? Think.", "abc", "Name a prime.")]
     params = SamplingParams(max_new_tokens=10, temperature=0.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):

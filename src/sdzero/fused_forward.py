@@ -13,10 +13,12 @@ The rest is the model's own code: its embedding, norms, rotary frequencies, acti
 forward (bf16 products and fp32 sums where the model is bf16); the sums of a fused matmul may run in another
 order than the three separate ones, so a near-tie in the logits can fall the other way.
 
-Simplifications: inference only (gradients off), attention through SDPA whatever the model was loaded with, no
-sliding windows, logits of the last position only. `fused_forward(model)` returns None for anything else (another
-architecture, a layer that is not a plain `torch.nn.Linear`, e.g. a LoRA adapter), and the caller runs the
-model through transformers as before.
+Simplifications: inference only (gradients off, no dropout), attention through SDPA whatever attention the model
+was loaded with (eager gives the same to rounding), no sliding windows, logits of the last position only, on a
+CPU only (the fused weights are copies: on a GPU, memory is better spent on the batch; vLLM is the GPU path).
+`fused_forward(model)` returns None for anything else: another architecture or remote code, a layer that is not a
+plain `torch.nn.Linear` (a LoRA adapter), hooks (FSDP, accelerate's device maps), sharded or non-CPU weights.
+The caller then runs the model through transformers as before.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class _Matmul:
 
 @dataclass
 class _Layer:
+    """One decoder layer: the model's own norms and activation, and its projections fused into four matmuls."""
+
     input_norm: Any
     qkv: _Matmul
     q_norm: Any  # Qwen3's per-head norms, None elsewhere
@@ -98,16 +102,21 @@ def fused_forward(model: Any) -> Callable[..., Any] | None:
     config = getattr(model, "config", None)
     inner = getattr(model, "model", None)
     if (torch.is_grad_enabled() or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES
+            or not type(model).__module__.startswith("transformers.models.")  # remote code may differ
             or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb")
-            or getattr(config, "pretraining_tp", 1) != 1
             or any(t != "full_attention" for t in getattr(config, "layer_types", None) or ["full_attention"])):
+        return None
+    # FSDP and accelerate's device maps gather or move weights in hooks; the pass reads the weights directly
+    if any(m._forward_hooks or m._forward_pre_hooks or hasattr(m, "_hf_hook") or "forward" in vars(m)
+           for m in model.modules()):
         return None
     head = model.get_output_embeddings()
     parts = [head]
     for block in inner.layers:
         attn, mlp = block.self_attn, block.mlp
         parts += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-    if any(type(p) is not torch.nn.Linear or "forward" in vars(p) for p in parts):  # adapters, hooks: not ours
+    if any(type(p) is not torch.nn.Linear or type(p.weight.data) is not torch.Tensor  # adapters, DTensors
+           or p.weight.shape != (p.out_features, p.in_features) or p.weight.device.type != "cpu" for p in parts):
         return None
     layers = [_Layer(block.input_layernorm, _Matmul.of(block.self_attn.q_proj, block.self_attn.k_proj,
                                                        block.self_attn.v_proj),
@@ -118,12 +127,14 @@ def fused_forward(model: Any) -> Callable[..., Any] | None:
                      float(block.self_attn.scaling))
               for block in inner.layers]
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return FusedForward(model.get_input_embeddings(), inner.rotary_emb, layers, inner.norm, _Matmul.of(head),
-                    heads, kv_heads, head_dim)
+                    heads, kv_heads, inner.layers[0].self_attn.head_dim)
 
 
 class FusedForward:
+    """The pass itself: the model's embedding, rotary frequencies, final norm, and per layer its norms and the
+    fused matmuls (`_Layer`); called as forward(ids, mask, positions, cache)."""
+
     def __init__(self, embed: Any, rotary: Any, layers: list[_Layer], norm: Any, head: _Matmul, heads: int,
                  kv_heads: int, head_dim: int):
         self.embed, self.rotary, self.layers, self.norm, self.head = embed, rotary, layers, norm, head
@@ -149,14 +160,13 @@ class FusedForward:
         # additive, in the stream's dtype (autocast casts it with the queries): a bool mask is turned into
         # this inside SDPA again in every layer
         attn_mask = torch.zeros(allowed.shape, dtype=x.dtype, device=ids.device).masked_fill_(~allowed, float("-inf"))
-        groups = heads // kv_heads
+        groups, half = heads // kv_heads, dim // 2
         for index, layer in enumerate(self.layers):
             qkv = layer.qkv(layer.input_norm(x)).view(rows, new, heads + 2 * kv_heads, dim)
             if layer.q_norm is not None:  # Qwen3: norms per head, before the rotation
                 qk = torch.cat([layer.q_norm(qkv[:, :, :heads]), layer.k_norm(qkv[:, :, heads:heads + kv_heads])], 2)
             else:
                 qk = qkv[:, :, : heads + kv_heads]
-            half = dim // 2
             qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin  # transformers' rotate_half
             q = qk[:, :, :heads].transpose(1, 2)  # [rows, heads, new, dim]
             k, v = cache.update(qk[:, :, heads:].transpose(1, 2), qkv[:, :, heads + kv_heads:].transpose(1, 2), index)

@@ -216,7 +216,7 @@ class HFGenerator(Generator):
         try:
             if self.decode == "compact":
                 with torch.no_grad():
-                    forward = self._forward_for()  # a fused pass lays its own weights out: no second copy
+                    forward = self._forward_for()  # a fused pass makes its own copies: not the layers' too
                     with nullcontext() if isinstance(forward, FusedForward) else packed_linear_weights(self.model):
                         done = self._decode_stream(prompts, items, params, seed * 1_000_003, bar, forward)
                 for (i, j), ids in done.items():
