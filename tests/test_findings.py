@@ -148,6 +148,7 @@ def test_findings_command_writes_the_rule_and_the_table(tmp_path, capsys):
     assert main(["findings", "--compare_dir", str(compare), "--bootstrap", "300", "--variants", "none"]) == 0
     md = (compare / "report" / "findings.md").read_text()
     assert "Verdict rule" in md and "cluster bootstrap" in md and "| a |" in md and "| i |" in md
+    assert "--bootstrap 300`" in md  # the resamples the intervals used, not the rule's default
     data = json.loads((compare / "report" / "findings.json").read_text())
     found = {f["key"]: f for f in data["findings"]}
     assert found["a"]["verdict"] == INCONCLUSIVE  # identical rewards: every difference is 0

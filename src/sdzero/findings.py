@@ -661,8 +661,9 @@ def write_findings(cfg: FindingsConfig) -> Path:
     out = Path(cfg.output_dir) if cfg.output_dir else compare_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# The paper's findings on this setting", "",
-             f"From `sdzero findings --compare_dir {compare_dir}`; seeds read: {', '.join(map(str, seeds))} (each "
-             "row says which it used). Accuracy differences in points of avg@k on the held-out questions.", "",
+             f"From `sdzero findings --compare_dir {compare_dir} --bootstrap {cfg.bootstrap}`; seeds read: "
+             f"{', '.join(map(str, seeds))} (each row says which it used). Accuracy differences in points of avg@k "
+             "on the held-out questions.", "",
              srt_terms_line(compare_dir, seeds), "",
              "Verdict rule (fixed before the results below were read; its history: `sdzero/findings.py`):", "",
              RULE, "",
