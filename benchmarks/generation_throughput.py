@@ -5,17 +5,17 @@
 
 Same model, prompts, batch size, cap and temperature for both; the decoders alternate (compact, compact without the
 fused pass, generate, compact, ...) so that machine noise hits both alike. Prints responses/s and response tokens/s
-of each, and the ratio; how many greedy responses come out the same with and without the fused pass; then the cost
-of one decoding step at batch 1 and at the batch size, which is why the compact decoder refills its batch instead of
-letting it shrink; then a step as transformers runs it, with the weights laid out once for oneDNN, and also with a
-KV cache that appends in place (the compact decoder before the fused pass), and through sdzero's fused pass (what
-the compact decoder does now, for Llama-family models; the end-to-end comparison also runs the compact decoder
-without it); then the cost of drawing a token from the logits (sdzero's sampler against softmax + torch.multinomial,
-which `generate` uses); then the compact decoder at each of --batch_sizes on the same prompts, and its distance to
-the machine's floor: a decoding step must read every weight and every row's cached keys and values once (their bytes
-/ the measured read bandwidth) and do 2 x parameters x batch multiply-adds (/ the measured matmul rate in the
-model's dtype), so the larger of the two is the least a step can take, and batch / that time the most tokens per
-second at that batch size.
+of each, and the ratio; how many greedy responses come out the same with and without the fused pass, and as
+`generate`'s; then the cost of one decoding step at batch 1 and at the batch size, which is why the compact decoder
+refills its batch instead of letting it shrink; then a step as transformers runs it, with the weights laid out once
+for oneDNN, and also with a KV cache that appends in place (the compact decoder before the fused pass), and through
+sdzero's fused pass (what the compact decoder does now, for Llama-family models; the end-to-end comparison also runs
+the compact decoder without it); then the cost of drawing a token from the logits (sdzero's sampler against softmax
++ torch.multinomial, which `generate` uses); then the compact decoder at each of --batch_sizes on the same prompts,
+and its distance to the machine's floor: a decoding step must read every weight and every row's cached keys and
+values once (their bytes / the measured read bandwidth) and do 2 x parameters x batch multiply-adds (/ the measured
+matmul rate in the model's dtype), so the larger of the two is the least a step can take, and batch / that time the
+most tokens per second at that batch size.
 """
 
 from __future__ import annotations
@@ -79,17 +79,20 @@ def main() -> None:
           f"{rate[decoders[1]] / rate['generate']:.2f}x; the fused pass {rate['compact'] / rate[decoders[1]]:.2f}x)")
     # Same distribution, other rounding: how often greedy decoding comes out the same with and without the fused
     # pass (in bf16 a fused matmul may sum in another order, so a near-tie can fall the other way).
+    # And against `generate`: in bf16 the laid-out weights alone already sum in another order than its matmuls.
     greedy = {}
     try:
-        for decoder in decoders[:2]:
+        for decoder in decoders:
             generation.fused_forward = fused_forward if decoder == "compact" else (lambda m: None)
-            gen = HFGenerator(model, tok, batch_size=args.batch_size, show_progress=False)
+            gen = HFGenerator(model, tok, batch_size=args.batch_size, show_progress=False,
+                              decode="generate" if decoder == "generate" else "compact")
             greedy[decoder] = [c.ids for cs in gen.generate(prompts, SamplingParams(args.max_new_tokens, 0.0))
                                for c in cs]
     finally:
         generation.fused_forward = fused_forward
-    same = sum(a == b for a, b in zip(*greedy.values()))
-    print(f"greedy, with and without the fused pass: {same} of {len(prompts)} responses the same token for token")
+    for a, b in ((decoders[0], decoders[1]), (decoders[0], "generate"), (decoders[1], "generate")):
+        same = sum(x == y for x, y in zip(greedy[a], greedy[b]))
+        print(f"greedy, {a} and {b}: {same} of {len(prompts)} responses the same token for token")
     # Why a batch that shrinks is wasteful: one decoding step costs nearly as much for 1 row as for a full batch.
     one, full = step_ms(model, 1), step_ms(model, args.batch_size)
     print(f"one decoding step (60-token context): {one:.0f} ms at batch 1, {full:.0f} ms at batch "
