@@ -193,7 +193,8 @@ def check_settings(*configs: Any) -> None:
     for cfg in configs:
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)
-            if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and not f.name.endswith("max_grad_norm"))):
+            infinite_allowed = f.name.endswith("max_grad_norm")  # inf: no clipping
+            if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and not infinite_allowed)):
                 raise SDZeroError(f"--{f.name} must be a finite number, not {value}")
             if f.name.endswith("learning_rate") and isinstance(value, (int, float)) and value < 0:
                 raise SDZeroError(f"--{f.name} must be 0 or more, not {value}")

@@ -72,7 +72,8 @@ def log_file(output_dir: str | Path) -> Iterator[Path]:
     folders (a compare seed's run inside the compare folder) each get the messages of their part. Under
     `accelerate launch` only the main process writes the file."""
     path = (Path(output_dir) / "sdzero.log").resolve()
-    if not _main_process() or any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in LOGGER.handlers):
+    if not _main_process() or any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path
+                                  for h in LOGGER.handlers):
         yield path  # already logging there
         return
     path.parent.mkdir(parents=True, exist_ok=True)
