@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--batch_sizes", default="32,64,128", help="compact decoder batch sizes to compare")
     ap.add_argument("--generate_batch_sizes", default="",
                     help="also run `generate` at these batch sizes, and compare each decoder at its best")
+    ap.add_argument("--profile", action="store_true",
+                    help="only: where a fused decoding step's time goes at each of --batch_sizes (torch.profiler)")
     args = ap.parse_args()
 
     from sdzero.config import TaskConfig
@@ -48,27 +50,36 @@ def main() -> None:
     model, tok = load_model_and_tokenizer(args.model, "auto", None)
     prompts = build_prompts(tok, questions, None, None)
     params = SamplingParams(args.max_new_tokens, args.temperature)
+    if args.profile:
+        for b in map(int, args.batch_sizes.split(",")):
+            print_step_profile(model, b)
+        return
     import sdzero.generation as generation
 
     fused_forward = generation.fused_forward
     decoders = ("compact", "compact, transformers' forward", "generate")
+
+    def run(decoder: str, sampling: SamplingParams, seed: int) -> list:
+        """One decoder over the prompts; the middle one is the compact decoder as it was before the fused pass
+        (the model through transformers' forward)."""
+        generation.fused_forward = fused_forward if decoder == "compact" else (lambda m: None)
+        try:
+            gen = HFGenerator(model, tok, batch_size=args.batch_size, show_progress=False,
+                              decode="generate" if decoder == "generate" else "compact")
+            return gen.generate(prompts, sampling, seed=seed)
+        finally:
+            generation.fused_forward = fused_forward
+
     totals = {d: {"s": 0.0, "seqs": 0, "tokens": 0, "capped": 0} for d in decoders}
-    try:
-        for r in range(args.rounds):
-            for decoder in decoders:
-                # the compact decoder as it was before the fused pass: the model through transformers' forward
-                generation.fused_forward = fused_forward if decoder == "compact" else (lambda m: None)
-                gen = HFGenerator(model, tok, batch_size=args.batch_size, show_progress=False,
-                                  decode="generate" if decoder == "generate" else "compact")
-                t0 = time.perf_counter()
-                out = gen.generate(prompts, params, seed=r)
-                t = totals[decoder]
-                t["s"] += time.perf_counter() - t0
-                t["seqs"] += len(out)
-                t["tokens"] += sum(c.num_tokens for cs in out for c in cs)
-                t["capped"] += sum(c.finish_reason == "length" for cs in out for c in cs)
-    finally:
-        generation.fused_forward = fused_forward
+    for r in range(args.rounds):
+        for decoder in decoders:
+            t0 = time.perf_counter()
+            out = run(decoder, params, r)
+            t = totals[decoder]
+            t["s"] += time.perf_counter() - t0
+            t["seqs"] += len(out)
+            t["tokens"] += sum(c.num_tokens for cs in out for c in cs)
+            t["capped"] += sum(c.finish_reason == "length" for cs in out for c in cs)
     print(f"model={args.model} prompts={args.prompts} cap={args.max_new_tokens} T={args.temperature} "
           f"batch={args.batch_size} rounds={args.rounds}")
     for d, t in totals.items():
@@ -80,16 +91,7 @@ def main() -> None:
     # Same distribution, other rounding: how often greedy decoding comes out the same with and without the fused
     # pass (in bf16 a fused matmul may sum in another order, so a near-tie can fall the other way).
     # And against `generate`: in bf16 the laid-out weights alone already sum in another order than its matmuls.
-    greedy = {}
-    try:
-        for decoder in decoders:
-            generation.fused_forward = fused_forward if decoder == "compact" else (lambda m: None)
-            gen = HFGenerator(model, tok, batch_size=args.batch_size, show_progress=False,
-                              decode="generate" if decoder == "generate" else "compact")
-            greedy[decoder] = [c.ids for cs in gen.generate(prompts, SamplingParams(args.max_new_tokens, 0.0))
-                               for c in cs]
-    finally:
-        generation.fused_forward = fused_forward
+    greedy = {d: [c.ids for cs in run(d, SamplingParams(args.max_new_tokens, 0.0), 0) for c in cs] for d in decoders}
     for a, b in ((decoders[0], decoders[1]), (decoders[0], "generate"), (decoders[1], "generate")):
         same = sum(x == y for x, y in zip(greedy[a], greedy[b]))
         print(f"greedy, {a} and {b}: {same} of {len(prompts)} responses the same token for token")
@@ -164,6 +166,49 @@ def main() -> None:
         c = by_batch[best_c]["seqs"] / by_batch[best_c]["s"]
         print(f"each at its best batch size: compact (batch {best_c}) / generate (batch {best_g}): "
               f"{c / rates[best_g]:.2f}x responses/s")
+
+
+def print_step_profile(model, batch: int, context: int = 60, steps: int = 10) -> None:
+    """Where a fused decoding step's time goes (the compact decoder's step, as `step_ms` runs it): the matmuls
+    (and the rate at which they read the weights), attention, and every other op (norms, rotation, residuals,
+    cache writes), per step, from torch.profiler's self times."""
+    import torch
+
+    from sdzero.fused_forward import fused_forward
+    from sdzero.generation import _roomy_cache
+
+    cache, mask = _roomy_cache(), torch.ones(batch, context, dtype=torch.long)
+    with torch.no_grad():
+        forward = fused_forward(model)
+        if forward is None:
+            print("the fused pass does not cover this model: no profile")
+            return
+        forward(torch.randint(0, 1000, (batch, context)), mask, torch.arange(context).expand(batch, -1), cache)
+        token = torch.randint(0, 1000, (batch, 1))
+
+        def step(i: int) -> None:
+            nonlocal mask
+            mask = torch.cat([mask, mask.new_ones(batch, 1)], 1)
+            forward(token, mask, torch.full((batch, 1), context + i), cache)
+
+        step(0)
+        with torch.profiler.profile() as prof:
+            for i in range(1, steps + 1):
+                step(i)
+    groups = {"matmuls": 0.0, "attention": 0.0, "other": 0.0}
+    other_calls = 0
+    for event in prof.key_averages():
+        name = event.key
+        kind = "matmuls" if ("linear" in name or name in ("aten::mm", "aten::addmm")) else \
+            "attention" if "scaled_dot_product" in name else "other"
+        groups[kind] += event.self_cpu_time_total / 1000 / steps  # ms per step
+        other_calls += event.count // steps if kind == "other" else 0
+    total = sum(groups.values())
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    print(f"fused decoding step at batch {batch:>4} ({context}-{context + steps} cached columns): {total:.0f} ms; "
+          + ", ".join(f"{k} {v:.1f} ms ({v / total:.0%})" for k, v in groups.items())
+          + f"; the matmuls read the weights at {weights / (groups['matmuls'] / 1000) / 1e9:.1f} GB/s; "
+          f"{other_calls} other op calls per step")
 
 
 def matmul_rate(dtype, n: int = 2048, rounds: int = 5) -> float:

@@ -16,6 +16,15 @@ CHATML = (
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
+def _onednn_bf16() -> bool:
+    import torch
+
+    return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+ONEDNN_BF16 = _onednn_bf16()  # this torch / CPU multiplies bf16 through oneDNN (the laid-out weights)
+
+
 def make_tokenizer(chat_template: str | None = CHATML, eos_token: str = "<|im_end|>", split_like_gpt2: bool = False):
     """Byte-level BPE over the 256 bytes plus a few merges, so that (like real tokenizers) a piece of
     text can tokenize differently depending on what is beside it ("\\n\\n" is one token, "\\n" another).

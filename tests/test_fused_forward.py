@@ -6,13 +6,13 @@ import torch
 from sdzero.fused_forward import FusedForward, fused_forward
 from sdzero.generation import HFGenerator, SamplingParams, _roomy_cache, packed_linear_weights, transformers_forward
 
-ONEDNN_BF16 = hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+from conftest import ONEDNN_BF16
 
 
 def tiny(kind: str, vocab: int = 64, seed: int = 0):
     """A random 2-layer model of each covered family: Llama (GQA), Llama with every bias, tied embeddings and
-    one key head per query head, Qwen2 (biases on q, k, v), Qwen3 (per-head norms, head_dim apart from
-    hidden / heads)."""
+    one key head per query head, Llama with llama3 rope scaling (the model's rotary module), Qwen2 (biases on
+    q, k, v), Qwen3 (per-head norms, head_dim apart from hidden / heads)."""
     from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                               Qwen3ForCausalLM)
 
@@ -23,6 +23,9 @@ def tiny(kind: str, vocab: int = 64, seed: int = 0):
                    "llama-biases-tied-mha": (LlamaConfig(**{**common, "num_key_value_heads": 4,
                                                             "tie_word_embeddings": True}, attention_bias=True,
                                                          mlp_bias=True), LlamaForCausalLM),
+                   "llama-rope-llama3": (LlamaConfig(**common, rope_parameters={
+                       "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                       "high_freq_factor": 4.0, "original_max_position_embeddings": 4}), LlamaForCausalLM),
                    "qwen2": (Qwen2Config(**common), Qwen2ForCausalLM),
                    "qwen3": (Qwen3Config(**common, head_dim=16), Qwen3ForCausalLM)}[kind]
     model = cls(config).eval()
@@ -45,7 +48,7 @@ def transformers_logits(model, ids, mask, positions, cache):
     return transformers_forward(model)(ids, mask, positions, cache)
 
 
-@pytest.mark.parametrize("kind", ["llama", "llama-biases-tied-mha", "qwen2", "qwen3"])
+@pytest.mark.parametrize("kind", ["llama", "llama-biases-tied-mha", "llama-rope-llama3", "qwen2", "qwen3"])
 def test_fused_pass_gives_transformers_logits_through_a_padded_prefill_and_steps(kind):
     model = tiny(kind)
     ids, mask, positions = left_padded([[5, 9, 2, 7, 1, 30], [3, 4], [11, 12, 13, 60]])

@@ -5,6 +5,8 @@ from sdzero.chat import chat_prompt_ids
 from sdzero.errors import SDZeroError
 from sdzero.generation import HFGenerator, SamplingParams, make_generator
 
+from conftest import ONEDNN_BF16
+
 
 def manual_greedy(model, prompt, max_new_tokens, stop):
     """Reference: one sequence, no padding, argmax token by token."""
@@ -257,7 +259,6 @@ def test_every_entry_point_generates_with_the_commands_batch_size():
         assert inspect.signature(fn).parameters[name].default == default, fn
 
 
-ONEDNN_BF16 = hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @pytest.mark.skipif(not ONEDNN_BF16, reason="this torch / CPU has no oneDNN bf16 kernels")

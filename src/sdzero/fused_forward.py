@@ -40,6 +40,22 @@ def onednn_bf16_weight(weight: Any) -> bool:
             and (weight.dtype == torch.bfloat16 or (weight.dtype == torch.float32 and autocast_bf16)))
 
 
+def lay_out(weight: Any, bias: Any) -> tuple[Any, Any]:
+    """A bf16 copy of `weight` in oneDNN's blocked layout, and the bias in bf16 (raises RuntimeError where this
+    oneDNN build has no kernel for the shape). Only where `onednn_bf16_weight(weight)`."""
+    import torch
+
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16))
+    return packed, None if bias is None else bias.detach().to(torch.bfloat16)
+
+
+def laid_out_linear(x: Any, packed: Any, bias: Any) -> Any:
+    """x W^T + b from `lay_out`'s copies: bf16 products, fp32 sums, a bf16 result (as under bf16 autocast)."""
+    import torch
+
+    return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), packed, bias, "none", [], "")
+
+
 @dataclass
 class _Matmul:
     """y = x W^T + b for one or more `torch.nn.Linear` layers stacked along their outputs."""
@@ -61,18 +77,16 @@ class _Matmul:
             bias = None
         if onednn_bf16_weight(weight):
             try:
-                packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16))
-                return cls(packed, None if bias is None else bias.to(torch.bfloat16), True)
+                return cls(*lay_out(weight, bias), True)
             except RuntimeError:  # a oneDNN build without this shape's kernel: the plain matmul
                 pass
         return cls(weight.detach(), None if bias is None else bias.detach(), False)
 
     def __call__(self, x: Any) -> Any:
-        import torch
         import torch.nn.functional as F
 
         if self.laid_out:
-            return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.weight, self.bias, "none", [], "")
+            return laid_out_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)  # under autocast, as the model's own layer would compute it
 
 

@@ -33,7 +33,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 
 from sdzero.errors import SDZeroError
-from sdzero.fused_forward import FusedForward, fused_forward, onednn_bf16_weight
+from sdzero.fused_forward import FusedForward, fused_forward, laid_out_linear, lay_out, onednn_bf16_weight
 from sdzero.logs import progress
 
 # Sequences decoded together. On a CPU a decoding step is far from its floor at any batch size, and a larger
@@ -332,9 +332,7 @@ def packed_linear_weights(model: Any) -> Iterator[int]:
                 if type(layer) is not torch.nn.Linear or w is None or "forward" in vars(layer) \
                         or not onednn_bf16_weight(w):
                     continue
-                packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().to(torch.bfloat16))
-                bias = None if layer.bias is None else layer.bias.detach().to(torch.bfloat16)
-                layer.forward = _packed_forward(layer, packed, bias)  # shadows the class's forward
+                layer.forward = _packed_forward(layer, *lay_out(w, layer.bias))  # shadows the class's forward
                 switched.append(layer)
         except RuntimeError:  # a oneDNN build without these kernels for some shape: keep every layer plain
             for layer in switched:
@@ -352,7 +350,7 @@ def _packed_forward(layer: Any, packed: Any, bias: Any) -> Any:
     def forward(x: Any) -> Any:
         if x.dtype != torch.bfloat16 and not torch.is_autocast_enabled("cpu"):
             return type(layer).forward(layer, x)  # what the plain layer computes (or refuses) outside autocast
-        return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), packed, bias, "none", [], "")
+        return laid_out_linear(x, packed, bias)
 
     return forward
 
