@@ -3,48 +3,72 @@
     python scripts/archive_compare.py outputs/compare results/compare          # every seed-N found
     python scripts/archive_compare.py outputs/compare results/compare --seeds 1
     python scripts/summarize_compare.py results/compare                        # the table, from the archive
+    sdzero findings --compare_dir results/compare --variants none              # the findings, from the archive
 
 Why: a compare seed takes one to two hours on a 2-core CPU and its outputs (models, checkpoints) stay on the
-machine that ran it. The archive keeps only what the table and the curves are built from, in the same layout
-(per seed: the run's stages.json, Phase-2 log and evaluation metrics; baselines.json and the baselines'
-evaluation metrics), so seeds measured in different sessions add up to one table. Evaluation files keep their
-config and metrics, not the responses. A seed already in the archive is replaced.
+machine that ran it. The archive keeps only what the table, the curves and `sdzero findings` are built from,
+in the same layout: per seed the run's stages.json, Phase-2 log and heat-map rows, baselines.json, and each
+evaluation's config, metrics and per-question rewards (ids and numbers, no prompts or responses); and the
+same for each variant `sdzero findings` ran (COMPARE/variants/NAME/seed-N). So seeds and variants measured
+in different sessions add up to one table, and a later session copies the archive back to resume: what
+finished is read, not rerun. A seed or variant already in the archive is replaced.
 """
 
 import argparse
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from sdzero.compare import seeds_in
 from sdzero.errors import SDZeroError
-from sdzero.files import atomic_write_json
+from sdzero.files import atomic_write_json, make_temp_dir
 
 EVALS = ("sdzero/eval-base.json", "sdzero/eval-srt.json", "sdzero/eval-sdzero.json", "eval-rft.json",
          "eval-grpo.json", "eval-sdft.json")
-AS_IS = ("sdzero/stages.json", "sdzero/distill/log.jsonl", "baselines.json")
+AS_IS = ("sdzero/stages.json", "sdzero/distill/log.jsonl", "sdzero/distill/selfloc/*.jsonl", "baselines.json")
+# a variant of `sdzero findings` is a run folder of its own (no sdzero/ level)
+VARIANT_EVALS = ("eval-srt.json", "eval-sdzero.json")
+VARIANT_AS_IS = ("stages.json", "distill/log.jsonl", "distill/selfloc/*.jsonl")
+QUESTION_NUMBERS = ("id", "rewards", "greedy_reward", "revision_rewards")  # what findings pairs per question
+
+
+def numbers_only(report: dict) -> dict:
+    """An evaluation report without its text: config, metrics, and per question its id and rewards."""
+    questions = [{k: q[k] for k in QUESTION_NUMBERS if k in q} for q in report.get("questions") or []]
+    return {"config": report.get("config"), "metrics": report["metrics"], "questions": questions}
+
+
+def copy_numbers(src: Path, dst: Path, as_is: tuple[str, ...], evals: tuple[str, ...]) -> list[str]:
+    """The files named by `as_is` (globs allowed) copied, the `evals` without their text; relative names."""
+    copied = []
+    for pattern in as_is:
+        for f in sorted(src.glob(pattern)):
+            if f.is_file():
+                rel = f.relative_to(src)
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, dst / rel)
+                copied.append(str(rel))
+    for rel in evals:
+        if (src / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(dst / rel, numbers_only(json.loads((src / rel).read_text())))
+            copied.append(rel)
+    return copied
 
 
 def archive_seed(src: Path, dst: Path) -> list[str]:
     """Copy one seed folder's numbers from `src` to `dst` (written beside it, then renamed in)."""
     if not (src / "sdzero" / "stages.json").is_file():
         raise SDZeroError(f"{src} is not a compare seed folder (no sdzero/stages.json)")
+    return replace_folder(dst, lambda tmp: copy_numbers(src, tmp, AS_IS, EVALS))
+
+
+def replace_folder(dst: Path, fill) -> list[str]:
+    """`dst` replaced by what `fill(tmp)` writes into a folder beside it, renamed in once complete."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}-"))
-    copied = []
+    tmp = make_temp_dir(dst.parent, f".{dst.name}-")
     try:
-        for rel in AS_IS:
-            if (src / rel).is_file():
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src / rel, tmp / rel)
-                copied.append(rel)
-        for rel in EVALS:
-            if (src / rel).is_file():
-                report = json.loads((src / rel).read_text())
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(tmp / rel, {"config": report.get("config"), "metrics": report["metrics"]})
-                copied.append(rel)
+        copied = fill(tmp)
         if dst.exists():
             shutil.rmtree(dst)
         tmp.rename(dst)
@@ -52,6 +76,18 @@ def archive_seed(src: Path, dst: Path) -> list[str]:
         if tmp.exists():
             shutil.rmtree(tmp)
     return copied
+
+
+def archive_variants(src: Path, dst: Path, seed: int) -> list[str]:
+    """Every `sdzero findings` variant of seed `seed` in compare folder `src`, into archive `dst`."""
+    archived = []
+    for folder in sorted((src / "variants").glob(f"*/seed-{seed}")):
+        if (folder / "stages.json").is_file():
+            name = folder.parent.name
+            replace_folder(dst / "variants" / name / folder.name,
+                           lambda tmp, f=folder: copy_numbers(f, tmp, VARIANT_AS_IS, VARIANT_EVALS))
+            archived.append(name)
+    return archived
 
 
 def main() -> None:
@@ -68,6 +104,9 @@ def main() -> None:
         for seed in seeds:
             copied = archive_seed(src / f"seed-{seed}", dst / f"seed-{seed}")
             print(f"seed {seed}: {len(copied)} files -> {dst / f'seed-{seed}'} ({', '.join(copied)})")
+            variants = archive_variants(src, dst, seed)
+            if variants:
+                print(f"seed {seed}: variants {', '.join(variants)} -> {dst / 'variants'}")
     except SDZeroError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -249,12 +249,13 @@ def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_
     # Another Phase-2 setting is refused here (a run alone would redo Phase 2): the baselines were matched to it.
     assert main([*argv, "--distill_max_steps", "3"]) == 2
     assert "other settings (distill_max_steps: 2 then, 3 now)" in capsys.readouterr().err
-    # The archive (numbers only, no models or responses) rebuilds the same table.
+    # The archive (numbers only, no models or text) rebuilds the same table.
     archive = tmp_path / "archive"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "archive_compare.py"), str(out), str(archive)],
                    check=True, capture_output=True)
     assert not list(archive.rglob("*.safetensors")) and not list(archive.rglob("model"))
-    assert "questions" not in json.loads((archive / "seed-0" / "eval-rft.json").read_text())
+    questions = json.loads((archive / "seed-0" / "eval-rft.json").read_text())["questions"]
+    assert questions and "prompt" not in questions[0] and "rewards" in questions[0]  # numbers, for findings
     summary = write_compare_report(archive, [0], ["rft", "grpo", "sdft"])
     assert (archive / "report" / "results.md").read_text() == report
     # A seed known only from recorded numbers joins the archived one; SD-Zero's lead is per seed.

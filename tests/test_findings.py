@@ -255,3 +255,53 @@ def test_findings_runs_its_variants_forked_from_the_compare_run(tiny_model_dir, 
     assert "was forked from another run" in capsys.readouterr().err
     with pytest.raises(SDZeroError, match="unknown variants"):
         FindingsConfig(variants="frozen-long,bogus").validate()
+
+
+def test_an_archive_resumes_findings_in_another_session(tiny_model_dir, tmp_path, capsys):
+    """Models stay on the machine that made them; the archive (no models, no text) carries a compare seed
+    and its finished variants to a later session: the findings it gives are the compare folder's, its
+    finished variants are read, not rerun, and one that would fork a model the archive lacks is refused
+    before any work, naming it."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_pipeline import ARGS
+
+    compare = tmp_path / "compare"
+    run = compare / "seed-0" / "sdzero"
+    assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(run), *ARGS]) == 0
+    variants = "frozen-long,srt-both"
+    assert main(["findings", "--compare_dir", str(compare), "--bootstrap", "200", "--variants", variants]) == 0
+    archive = tmp_path / "archive"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "archive_compare.py"
+    printed = subprocess.run([sys.executable, str(script), str(compare), str(archive)], check=True,
+                             capture_output=True, text=True).stdout
+    assert "variants frozen-long, srt-both" in printed
+    assert not list(archive.rglob("*.safetensors")) and not list(archive.rglob("model"))
+    for report in archive.rglob("eval-*.json"):  # per question: an id and numbers, no prompt or response
+        questions = json.loads(report.read_text())["questions"]
+        assert questions and all(set(q) <= {"id", "rewards", "greedy_reward", "revision_rewards"} for q in questions)
+    assert list((archive / "seed-0" / "sdzero" / "distill" / "selfloc").glob("step-*.jsonl"))  # (c)'s rows
+    assert (archive / "variants" / "frozen-long" / "seed-0" / "distill" / "log.jsonl").is_file()  # (d)'s plot
+    restored = tmp_path / "next-session"
+    shutil.copytree(archive, restored)
+    capsys.readouterr()
+    assert main(["findings", "--compare_dir", str(restored), "--bootstrap", "200", "--variants", variants]) == 0
+    assert capsys.readouterr().out.count("finished before, read") == 2
+    assert not list(restored.rglob("model")) and not list(restored.rglob("*.safetensors"))  # nothing ran
+
+    def verdicts(folder: Path) -> dict:
+        return {f["key"]: (f["ours"], f["interval"], f["verdict"])
+                for f in json.loads((folder / "report" / "findings.json").read_text())["findings"]}
+
+    assert verdicts(restored) == verdicts(compare)
+    assert verdicts(restored)["d"][2] == NOT_MEASURED  # sync-long was not run: (d) needs both
+    # sync-long would fork the SRT model, which stayed with the compare folder: refused, nothing started
+    assert main(["findings", "--compare_dir", str(restored), "--bootstrap", "200", "--variants", "sync-long"]) == 2
+    err = capsys.readouterr().err
+    assert "seed 0 sync-long (its run has no phase1, srt)" in err and "--variants none" in err
+    assert not (restored / "variants" / "sync-long").exists()
+    assert main(["findings", "--compare_dir", str(restored), "--variants", "none", "--seeds", "3"]) == 2
+    assert "seeds [3] are not evaluated" in capsys.readouterr().err

@@ -67,11 +67,22 @@ class FindingsConfig:
         "help": "The runs some findings need, forked from each compare seed's run (resumable): all, none, or a "
                 "comma list of frozen-long, sync-long (d), phase2-from-base (e), srt-both, srt-revision-only, "
                 "srt-generation-only (h; the one the compare's SRT already is is not run again)."})
+    seeds: str | None = field(default=None, metadata={
+        "help": "Comma list of the compare seeds whose variants run (default: all); the file reads every seed."})
 
     def validate(self) -> None:
         if self.bootstrap < 100:
             raise SDZeroError(f"bootstrap must be at least 100, not {self.bootstrap}")
         self.variant_list()
+        self.seed_list()
+
+    def seed_list(self) -> list[int] | None:
+        if self.seeds is None:
+            return None
+        try:
+            return [int(s) for s in str(self.seeds).split(",") if s.strip()]
+        except ValueError as e:
+            raise SDZeroError(f"seeds must be comma-separated integers, not {self.seeds!r}") from e
 
     def variant_list(self) -> list[str]:
         if self.variants in ("all", "none"):
@@ -235,6 +246,16 @@ def kept_stages(source: Path, keep_until: str) -> list[str]:
     return STAGES[: STAGES.index(keep_until) + 1]
 
 
+def check_fork(source: Path, target: Path, keep_until: str) -> None:
+    """Refuse a fork whose kept stages' records are not `source`'s own (the compare's run was redone since)."""
+    from sdzero.runfolder import read_stages
+
+    state, forked = read_stages(source), read_stages(target)
+    if any(forked.get(s) != state[s] for s in kept_stages(source, keep_until)):
+        raise SDZeroError(f"{target} was forked from another run of {source} (its kept stages' records "
+                          "differ): delete the variant's folder to fork the current run")
+
+
 def fork_run(source: Path, target: Path, keep_until: str) -> None:
     """A run folder whose stages up to `keep_until` are `source`'s: their outputs linked, their records and
     settings copied (so the pipeline sees only the changed settings as new). Done once; a fork that exists
@@ -244,10 +265,7 @@ def fork_run(source: Path, target: Path, keep_until: str) -> None:
     state = read_stages(source)
     keep = kept_stages(source, keep_until)
     if (target / "stages.json").exists():  # forked before: only if it still forks this very run
-        forked = read_stages(target)
-        if any(forked.get(s) != state[s] for s in keep):
-            raise SDZeroError(f"{target} was forked from another run of {source} (its kept stages' records "
-                              "differ): delete the variant's folder to fork the current run")
+        check_fork(source, target, keep_until)
         return
     target.mkdir(parents=True, exist_ok=True)
     for stage in keep:
@@ -267,6 +285,23 @@ def is_compare_run(compare_dir: Path, seed: int, name: str) -> bool:
         return False
     settings = recorded_settings(state)
     return all(settings.get(k) == v for k, v in VARIANTS[name][1](settings).items())
+
+
+def variant_finished(compare_dir: Path, seed: int, name: str) -> bool:
+    """Whether the variant's last stage is recorded (also in an archive, which keeps no models)."""
+    from sdzero.runfolder import read_stages
+
+    return VARIANTS[name][2] in read_stages(compare_dir / "variants" / name / f"seed-{seed}")
+
+
+def missing_outputs(compare_dir: Path, seed: int, name: str) -> list[str]:
+    """The outputs of seed `seed`'s run that the variant would fork and that are not there (an archive, or a
+    run whose models stayed on another machine)."""
+    from sdzero.runfolder import STAGE_OUTPUTS
+
+    source = compare_dir / f"seed-{seed}" / "sdzero"
+    return [STAGE_OUTPUTS[s] for s in kept_stages(source, VARIANTS[name][0])
+            if not (source / STAGE_OUTPUTS[s]).exists()]
 
 
 def run_variant(compare_dir: Path, seed: int, name: str) -> Path:
@@ -644,19 +679,34 @@ def write_findings(cfg: FindingsConfig) -> Path:
     if not compare_dir.is_dir():
         raise SDZeroError(f"compare_dir {compare_dir} is not a folder")
     reports = read_compare(compare_dir)  # a folder findings cannot read fails before any run; variants leave it as is
-    compare_seeds = list(reports)
-    for name in cfg.variant_list():  # so does a seed whose run is not finished
-        for seed in compare_seeds:
-            kept_stages(compare_dir / f"seed-{seed}" / "sdzero", VARIANTS[name][0])
-    for name in cfg.variant_list():
-        for seed in compare_seeds:
+    chosen = cfg.seed_list()
+    unknown = sorted(set(chosen or []) - set(reports))
+    if unknown:
+        raise SDZeroError(f"seeds {unknown} are not evaluated in {compare_dir} (it has {sorted(reports)})")
+    todo, lacking = [], []
+    for name in cfg.variant_list():  # a seed whose run is not finished, or whose models are gone, fails here
+        for seed in chosen if chosen is not None else list(reports):
             if is_compare_run(compare_dir, seed, name):
                 leftover = compare_dir / "variants" / name / f"seed-{seed}"
                 info(f"[findings] seed {seed}: {name} is the compare's own run (no fork)"
                      + (f"; {leftover}, a fork made when it was not, is not read" if leftover.exists() else ""))
-                continue
-            info(f"[findings] seed {seed}: {name}")
-            run_variant(compare_dir, seed, name)
+            elif variant_finished(compare_dir, seed, name):
+                check_fork(compare_dir / f"seed-{seed}" / "sdzero", compare_dir / "variants" / name / f"seed-{seed}",
+                           VARIANTS[name][0])
+                info(f"[findings] seed {seed}: {name} finished before, read")
+            else:
+                missing = missing_outputs(compare_dir, seed, name)
+                if missing:
+                    lacking.append(f"seed {seed} {name} (its run has no {', '.join(missing)})")
+                todo.append((seed, name))
+    if lacking:
+        raise SDZeroError("these variants fork outputs that are not in the compare folder (an archive keeps no "
+                          "models): " + "; ".join(lacking) + ". Run them where the seed's `sdzero run` is (a "
+                          "session that reran it), choose others with --seeds / --variants, or pass --variants "
+                          "none to write the file from what is there")
+    for seed, name in todo:
+        info(f"[findings] seed {seed}: {name}")
+        run_variant(compare_dir, seed, name)
     found, seeds = compute_findings(compare_dir, cfg.bootstrap, reports)
     out = Path(cfg.output_dir) if cfg.output_dir else compare_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
