@@ -7,11 +7,11 @@
 
 Why: a compare seed takes one to two hours on a 2-core CPU and its outputs (models, checkpoints) stay on the
 machine that ran it. The archive keeps only what the table, the curves and `sdzero findings` are built from,
-in the same layout: per seed the run's stages.json, Phase-2 log and heat-map rows, baselines.json, and each
-evaluation's config, metrics and per-question rewards (ids and numbers, no prompts or responses); and the
-same for each variant `sdzero findings` ran (COMPARE/variants/NAME/seed-N). So seeds and variants measured
-in different sessions add up to one table, and a later session copies the archive back to resume: what
-finished is read, not rerun. A seed or variant already in the archive is replaced.
+in the same layout: per seed the run's stages.json, Phase-1 tuples, Phase-2 log and heat-map rows,
+baselines.json, and each evaluation's config, metrics and per-question rewards (ids and numbers, no prompts
+or responses); and the same for each variant `sdzero findings` ran (COMPARE/variants/NAME/seed-N). So seeds
+and variants measured in different sessions add up to one table, and a later session copies the archive
+back to resume: what finished is read, not rerun. A seed or variant already in the archive is replaced.
 """
 
 import argparse
@@ -25,7 +25,9 @@ from sdzero.files import atomic_write_json, make_temp_dir
 
 EVALS = ("sdzero/eval-base.json", "sdzero/eval-srt.json", "sdzero/eval-sdzero.json", "eval-rft.json",
          "eval-grpo.json", "eval-sdft.json")
-AS_IS = ("sdzero/stages.json", "sdzero/distill/log.jsonl", "sdzero/distill/selfloc/*.jsonl", "baselines.json")
+AS_IS = ("sdzero/stages.json", "sdzero/distill/log.jsonl", "sdzero/distill/selfloc/*.jsonl", "baselines.json",
+         # the Phase-1 tuples (~0.5 MB): a later session forks the variants that retrain SRT or skip it from them
+         "sdzero/phase1/kept.jsonl", "sdzero/phase1/sdzero.json", "sdzero/phase1/collect_signature.json")
 # a variant of `sdzero findings` is a run folder of its own (no sdzero/ level)
 VARIANT_EVALS = ("eval-srt.json", "eval-sdzero.json")
 VARIANT_AS_IS = ("stages.json", "distill/log.jsonl", "distill/selfloc/*.jsonl")

@@ -301,7 +301,12 @@ def test_an_archive_resumes_findings_in_another_session(tiny_model_dir, tmp_path
     # sync-long would fork the SRT model, which stayed with the compare folder: refused, nothing started
     assert main(["findings", "--compare_dir", str(restored), "--bootstrap", "200", "--variants", "sync-long"]) == 2
     err = capsys.readouterr().err
-    assert "seed 0 sync-long (its run has no phase1, srt)" in err and "--variants none" in err
+    assert "seed 0 sync-long (its run has no srt)" in err and "--variants none" in err
     assert not (restored / "variants" / "sync-long").exists()
+    # the Phase-1 tuples are archived: a variant that retrains SRT from them runs in the later session
+    assert main(["findings", "--compare_dir", str(restored), "--bootstrap", "200", "--variants",
+                 "srt-generation-only"]) == 0
+    assert (restored / "variants" / "srt-generation-only" / "seed-0" / "srt" / "model").is_dir()
+    assert "both - generation-only" in verdicts(restored)["h"][0]
     assert main(["findings", "--compare_dir", str(restored), "--variants", "none", "--seeds", "3"]) == 2
     assert "seeds [3] are not evaluated" in capsys.readouterr().err
