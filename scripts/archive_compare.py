@@ -9,9 +9,10 @@ Why: a compare seed takes one to two hours on a 2-core CPU and its outputs (mode
 machine that ran it. The archive keeps only what the table, the curves and `sdzero findings` are built from,
 in the same layout: per seed the run's stages.json, Phase-1 tuples, Phase-2 log and heat-map rows,
 baselines.json, and each evaluation's config, metrics and per-question rewards (ids and numbers, no prompts
-or responses); and the same for each variant `sdzero findings` ran (COMPARE/variants/NAME/seed-N). So seeds
-and variants measured in different sessions add up to one table, and a later session copies the archive
-back to resume: what finished is read, not rerun. A seed or variant already in the archive is replaced.
+or responses); and the same for each variant `sdzero findings` finished (COMPARE/variants/NAME/seed-N). So
+seeds and variants measured in different sessions add up to one table, and a later session copies the
+archive back to resume: what finished is read, not rerun. A seed or variant already in the archive is
+replaced.
 """
 
 import argparse
@@ -22,6 +23,7 @@ from pathlib import Path
 from sdzero.compare import seeds_in
 from sdzero.errors import SDZeroError
 from sdzero.files import atomic_write_json, make_temp_dir
+from sdzero.findings import VARIANTS, variant_finished
 
 EVALS = ("sdzero/eval-base.json", "sdzero/eval-srt.json", "sdzero/eval-sdzero.json", "eval-rft.json",
          "eval-grpo.json", "eval-sdft.json")
@@ -80,16 +82,19 @@ def replace_folder(dst: Path, fill) -> list[str]:
     return copied
 
 
-def archive_variants(src: Path, dst: Path, seed: int) -> list[str]:
-    """Every `sdzero findings` variant of seed `seed` in compare folder `src`, into archive `dst`."""
-    archived = []
+def archive_variants(src: Path, dst: Path, seed: int) -> tuple[list[str], list[str]]:
+    """The finished `sdzero findings` variants of seed `seed` in compare folder `src`, into archive `dst`, and
+    the unfinished ones (left out: their models are not archived, so a later session starts them anew)."""
+    archived, unfinished = [], []
     for folder in sorted((src / "variants").glob(f"*/seed-{seed}")):
-        if (folder / "stages.json").is_file():
-            name = folder.parent.name
-            replace_folder(dst / "variants" / name / folder.name,
-                           lambda tmp, f=folder: copy_numbers(f, tmp, VARIANT_AS_IS, VARIANT_EVALS))
-            archived.append(name)
-    return archived
+        name = folder.parent.name
+        if name not in VARIANTS or not variant_finished(src, seed, name):
+            unfinished.append(name)
+            continue
+        replace_folder(dst / "variants" / name / folder.name,
+                       lambda tmp, f=folder: copy_numbers(f, tmp, VARIANT_AS_IS, VARIANT_EVALS))
+        archived.append(name)
+    return archived, unfinished
 
 
 def main() -> None:
@@ -106,9 +111,11 @@ def main() -> None:
         for seed in seeds:
             copied = archive_seed(src / f"seed-{seed}", dst / f"seed-{seed}")
             print(f"seed {seed}: {len(copied)} files -> {dst / f'seed-{seed}'} ({', '.join(copied)})")
-            variants = archive_variants(src, dst, seed)
+            variants, unfinished = archive_variants(src, dst, seed)
             if variants:
                 print(f"seed {seed}: variants {', '.join(variants)} -> {dst / 'variants'}")
+            if unfinished:
+                print(f"seed {seed}: not finished, not archived: {', '.join(unfinished)}")
     except SDZeroError as e:
         raise SystemExit(f"error: {e}") from None
 

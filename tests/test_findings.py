@@ -274,11 +274,17 @@ def test_an_archive_resumes_findings_in_another_session(tiny_model_dir, tmp_path
     assert main(["run", "--model", str(tiny_model_dir), "--output_dir", str(run), *ARGS]) == 0
     variants = "frozen-long,srt-both"
     assert main(["findings", "--compare_dir", str(compare), "--bootstrap", "200", "--variants", variants]) == 0
+    unfinished = compare / "variants" / "sync-long" / "seed-0"  # as a session that ended mid-variant leaves it
+    shutil.copytree(compare / "variants" / "frozen-long" / "seed-0", unfinished, symlinks=True)
+    state = json.loads((unfinished / "stages.json").read_text())
+    (unfinished / "stages.json").write_text(json.dumps({k: v for k, v in state.items() if k != "eval-sdzero"}))
     archive = tmp_path / "archive"
     script = Path(__file__).resolve().parents[1] / "scripts" / "archive_compare.py"
     printed = subprocess.run([sys.executable, str(script), str(compare), str(archive)], check=True,
                              capture_output=True, text=True).stdout
-    assert "variants frozen-long, srt-both" in printed
+    assert "variants frozen-long, srt-both" in printed and "not finished, not archived: sync-long" in printed
+    assert not (archive / "variants" / "sync-long").exists()  # its model is not archived: a later session redoes it
+    shutil.rmtree(unfinished.parent)
     assert not list(archive.rglob("*.safetensors")) and not list(archive.rglob("model"))
     for report in archive.rglob("eval-*.json"):  # per question: an id and numbers, no prompt or response
         questions = json.loads(report.read_text())["questions"]
