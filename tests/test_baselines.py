@@ -1,6 +1,7 @@
 """Baselines (RFT, GRPO, SDFT), the generation budget they share, and `sdzero compare`, on a tiny model."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -258,6 +259,14 @@ def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_
     assert questions and "prompt" not in questions[0] and "rewards" in questions[0]  # numbers, for findings
     summary = write_compare_report(archive, [0], ["rft", "grpo", "sdft"])
     assert (archive / "report" / "results.md").read_text() == report
+    # A later session resumes the compare from the archive: every stage and method is read, none redone.
+    restored = tmp_path / "restored"
+    shutil.copytree(archive, restored)
+    capsys.readouterr()
+    assert main(["compare", "--model", str(tiny_model_dir), "--output_dir", str(restored), "--seeds", "0",
+                 "--grpo_questions_per_step", "2", "--sdft_questions_per_step", "4", *ARGS]) == 0
+    assert capsys.readouterr().out.count("done before, skipped") == 3
+    assert not list(restored.rglob("model")) and (restored / "report" / "results.md").read_text() == report
     # A seed known only from recorded numbers joins the archived one; SD-Zero's lead is per seed.
     sd0, rft0 = (100 * summary[m]["avg@2"]["mean"] for m in ("sdzero", "rft"))
     recorded = tmp_path / "seed-7-recorded.json"
