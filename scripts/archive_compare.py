@@ -3,7 +3,7 @@
     python scripts/archive_compare.py outputs/compare results/compare          # every seed-N found
     python scripts/archive_compare.py outputs/compare results/compare --seeds 1
     python scripts/summarize_compare.py results/compare                        # the table, from the archive
-    sdzero findings --compare_dir results/compare --variants none              # the findings, from the archive
+    sdzero findings --compare_dir results/findings/compare --variants none     # the findings, from an archive
 
 Why: a compare seed takes one to two hours on a 2-core CPU and its outputs (models, checkpoints) stay on the
 machine that ran it. The archive keeps only what the table, the curves and `sdzero findings` are built from,
@@ -12,7 +12,8 @@ baselines.json, and each evaluation's config, metrics and per-question rewards (
 or responses); and the same for each variant `sdzero findings` finished (COMPARE/variants/NAME/seed-N). So
 seeds and variants measured in different sessions add up to one table, and a later session copies the
 archive back to resume: what finished is read, not rerun. A seed or variant already in the archive is
-replaced.
+replaced. The Phase-1 tuples and heat-map rows keep their text (prompts, responses, tokens); evaluations
+keep none. Archives made before per-question rewards were kept (results/compare/) serve the table only.
 """
 
 import argparse
@@ -22,8 +23,8 @@ from pathlib import Path
 
 from sdzero.compare import seeds_in
 from sdzero.errors import SDZeroError
-from sdzero.files import atomic_write_json, make_temp_dir
-from sdzero.findings import VARIANTS, variant_finished
+from sdzero.files import atomic_write_json, replace_dir
+from sdzero.findings import VARIANTS, forked_from, variant_finished
 
 EVALS = ("sdzero/eval-base.json", "sdzero/eval-srt.json", "sdzero/eval-sdzero.json", "eval-rft.json",
          "eval-grpo.json", "eval-sdft.json")
@@ -64,37 +65,33 @@ def archive_seed(src: Path, dst: Path) -> list[str]:
     """Copy one seed folder's numbers from `src` to `dst` (written beside it, then renamed in)."""
     if not (src / "sdzero" / "stages.json").is_file():
         raise SDZeroError(f"{src} is not a compare seed folder (no sdzero/stages.json)")
-    return replace_folder(dst, lambda tmp: copy_numbers(src, tmp, AS_IS, EVALS))
+    return replace_dir(dst, lambda tmp: copy_numbers(src, tmp, AS_IS, EVALS))
 
 
-def replace_folder(dst: Path, fill) -> list[str]:
-    """`dst` replaced by what `fill(tmp)` writes into a folder beside it, renamed in once complete."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(dst.parent, f".{dst.name}-")
-    try:
-        copied = fill(tmp)
-        if dst.exists():
-            shutil.rmtree(dst)
-        tmp.rename(dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return copied
-
-
-def archive_variants(src: Path, dst: Path, seed: int) -> tuple[list[str], list[str]]:
-    """The finished `sdzero findings` variants of seed `seed` in compare folder `src`, into archive `dst`, and
-    the unfinished ones (left out: their models are not archived, so a later session starts them anew)."""
-    archived, unfinished = [], []
+def archive_variants(src: Path, dst: Path, seed: int) -> dict[str, list[str]]:
+    """The finished `sdzero findings` variants of seed `seed` in compare folder `src`, into archive `dst`, by
+    what happened to each: archived; unfinished (left out: their models are not archived, so a later session
+    starts them anew); unknown (not a variant of this version); and dropped: an archived variant forked from
+    another run of the seed than the one just archived (it would no longer pair with it)."""
+    done: dict[str, list[str]] = {"archived": [], "unfinished": [], "unknown": [], "dropped": []}
     for folder in sorted((src / "variants").glob(f"*/seed-{seed}")):
         name = folder.parent.name
-        if name not in VARIANTS or not variant_finished(src, seed, name):
-            unfinished.append(name)
-            continue
-        replace_folder(dst / "variants" / name / folder.name,
-                       lambda tmp, f=folder: copy_numbers(f, tmp, VARIANT_AS_IS, VARIANT_EVALS))
-        archived.append(name)
-    return archived, unfinished
+        if name not in VARIANTS:
+            done["unknown"].append(name)
+        elif not variant_finished(src, seed, name):
+            done["unfinished"].append(name)
+        else:
+            replace_dir(dst / "variants" / name / folder.name,
+                        lambda tmp, f=folder: copy_numbers(f, tmp, VARIANT_AS_IS, VARIANT_EVALS))
+            done["archived"].append(name)
+    for folder in sorted((dst / "variants").glob(f"*/seed-{seed}")):
+        name = folder.parent.name
+        if name in VARIANTS and not forked_from(dst / f"seed-{seed}" / "sdzero", folder, VARIANTS[name][0]):
+            shutil.rmtree(folder)
+            if not any(folder.parent.iterdir()):
+                folder.parent.rmdir()
+            done["dropped"].append(name)
+    return done
 
 
 def main() -> None:
@@ -111,11 +108,12 @@ def main() -> None:
         for seed in seeds:
             copied = archive_seed(src / f"seed-{seed}", dst / f"seed-{seed}")
             print(f"seed {seed}: {len(copied)} files -> {dst / f'seed-{seed}'} ({', '.join(copied)})")
-            variants, unfinished = archive_variants(src, dst, seed)
-            if variants:
-                print(f"seed {seed}: variants {', '.join(variants)} -> {dst / 'variants'}")
-            if unfinished:
-                print(f"seed {seed}: not finished, not archived: {', '.join(unfinished)}")
+            said = {"archived": "variants {} -> " + str(dst / "variants"),
+                    "unfinished": "not finished, not archived: {}", "unknown": "not a known variant, not archived: {}",
+                    "dropped": "forked from another run of the seed, removed from the archive: {}"}
+            for what, names in archive_variants(src, dst, seed).items():
+                if names:
+                    print(f"seed {seed}: " + said[what].format(", ".join(names)))
     except SDZeroError as e:
         raise SystemExit(f"error: {e}") from None
 

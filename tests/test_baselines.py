@@ -265,7 +265,8 @@ def test_compare_end_to_end_writes_the_table_and_the_curves(tiny_model_dir, tmp_
     capsys.readouterr()
     assert main(["compare", "--model", str(tiny_model_dir), "--output_dir", str(restored), "--seeds", "0",
                  "--grpo_questions_per_step", "2", "--sdft_questions_per_step", "4", *ARGS]) == 0
-    assert capsys.readouterr().out.count("done before, skipped") == 3
+    printed = capsys.readouterr().out
+    assert printed.count("done before, skipped") == 3 and printed.count(": done before (") == 7  # methods, stages
     assert not list(restored.rglob("model")) and (restored / "report" / "results.md").read_text() == report
     # A seed known only from recorded numbers joins the archived one; SD-Zero's lead is per seed.
     sd0, rft0 = (100 * summary[m]["avg@2"]["mean"] for m in ("sdzero", "rft"))

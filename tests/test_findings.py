@@ -253,6 +253,8 @@ def test_findings_runs_its_variants_forked_from_the_compare_run(tiny_model_dir, 
     (run / "stages.json").write_text(json.dumps(state))
     assert main(argv) == 2
     assert "was forked from another run" in capsys.readouterr().err
+    assert main([*argv, "--variants", "none"]) == 2  # reading alone would mix them too
+    assert "was forked from another run" in capsys.readouterr().err
     with pytest.raises(SDZeroError, match="unknown variants"):
         FindingsConfig(variants="frozen-long,bogus").validate()
 
@@ -286,10 +288,14 @@ def test_an_archive_resumes_findings_in_another_session(tiny_model_dir, tmp_path
     assert not (archive / "variants" / "sync-long").exists()  # its model is not archived: a later session redoes it
     shutil.rmtree(unfinished.parent)
     assert not list(archive.rglob("*.safetensors")) and not list(archive.rglob("model"))
-    for report in archive.rglob("eval-*.json"):  # per question: an id and numbers, no prompt or response
-        questions = json.loads(report.read_text())["questions"]
-        assert questions and all(set(q) <= {"id", "rewards", "greedy_reward", "revision_rewards"} for q in questions)
-    assert list((archive / "seed-0" / "sdzero" / "distill" / "selfloc").glob("step-*.jsonl"))  # (c)'s rows
+    for report in archive.rglob("eval-*.json"):  # per question: its id and rewards, as the original has them
+        original = json.loads((compare / report.relative_to(archive)).read_text())
+        numbers = ("id", "rewards", "greedy_reward", "revision_rewards")
+        assert "revision_rewards" in original["questions"][0] or "variants" in report.parts
+        assert json.loads(report.read_text())["questions"] == [{k: q[k] for k in numbers if k in q}
+                                                                for q in original["questions"]]
+    rows = sorted((archive / "seed-0" / "sdzero" / "distill" / "selfloc").glob("step-*.jsonl"))  # (c)'s
+    assert rows and all(r.read_text() == (compare / r.relative_to(archive)).read_text() for r in rows)
     assert (archive / "variants" / "frozen-long" / "seed-0" / "distill" / "log.jsonl").is_file()  # (d)'s plot
     restored = tmp_path / "next-session"
     shutil.copytree(archive, restored)
@@ -316,3 +322,14 @@ def test_an_archive_resumes_findings_in_another_session(tiny_model_dir, tmp_path
     assert "both - generation-only" in verdicts(restored)["h"][0]
     assert main(["findings", "--compare_dir", str(restored), "--variants", "none", "--seeds", "3"]) == 2
     assert "seeds [3] are not evaluated" in capsys.readouterr().err
+    with pytest.raises(SDZeroError, match="names no seed"):
+        FindingsConfig(seeds=",").validate()
+    # the seed redone (in a session that did not restore the archive) and archived again: its earlier
+    # variants no longer pair with it and leave the archive
+    state = json.loads((run / "stages.json").read_text())
+    (run / "stages.json").write_text(json.dumps({**state, "srt": {**state["srt"], "seconds": -1.0}}))
+    shutil.rmtree(compare / "variants")
+    printed = subprocess.run([sys.executable, str(script), str(compare), str(archive)], check=True,
+                             capture_output=True, text=True).stdout
+    assert "removed from the archive: frozen-long" in printed and not (archive / "variants" / "frozen-long").exists()
+    assert (archive / "variants" / "srt-both" / "seed-0").is_dir()  # it keeps collect only, which is unchanged

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from sdzero.errors import SDZeroError
+
+T = TypeVar("T")
 
 
 def _umask() -> int:
@@ -42,6 +45,22 @@ def make_temp_dir(parent: str | Path, prefix: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(tmp, user_dir_mode())
     return tmp
+
+
+def replace_dir(target: str | Path, fill: Callable[[Path], T]) -> T:
+    """`target` (a folder) replaced by what `fill(tmp)` writes into a temp dir beside it, renamed in once
+    `fill` returned: the folder is complete or as it was. Returns what `fill` returned."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(target.parent, f".{target.name}-")
+    try:
+        result = fill(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_output_dir(path: str | Path, what: str = "--output_dir") -> Path:

@@ -80,9 +80,12 @@ class FindingsConfig:
         if self.seeds is None:
             return None
         try:
-            return [int(s) for s in str(self.seeds).split(",") if s.strip()]
+            seeds = [int(s) for s in str(self.seeds).split(",") if s.strip()]
         except ValueError as e:
             raise SDZeroError(f"seeds must be comma-separated integers, not {self.seeds!r}") from e
+        if not seeds:
+            raise SDZeroError("seeds names no seed; leave it out to run every compare seed's variants")
+        return seeds
 
     def variant_list(self) -> list[str]:
         if self.variants in ("all", "none"):
@@ -172,8 +175,8 @@ def read_compare(compare_dir: Path) -> dict[int, dict[str, dict[str, Any]]]:
                 raise SDZeroError(f"{f}: not valid JSON ({e.msg})") from e
             ids = [q["id"] for q in report.get("questions") or []]
             if not ids:
-                raise SDZeroError(f"{f} has no per-question results (an archived compare keeps only metrics): "
-                                  "findings need the compare's own folder")
+                raise SDZeroError(f"{f} has no per-question results (an archive made before they were kept has "
+                                  "only metrics): archive the compare folder again, or read it there")
             if len(set(ids)) != len(ids):
                 raise SDZeroError(f"{f} lists a question twice")
             for other, (g, other_ids) in ids_of.items():
@@ -246,12 +249,18 @@ def kept_stages(source: Path, keep_until: str) -> list[str]:
     return STAGES[: STAGES.index(keep_until) + 1]
 
 
-def check_fork(source: Path, target: Path, keep_until: str) -> None:
-    """Refuse a fork whose kept stages' records are not `source`'s own (the compare's run was redone since)."""
-    from sdzero.runfolder import read_stages
+def forked_from(source: Path, target: Path, keep_until: str) -> bool:
+    """Whether fork `target` keeps `source`'s own records of the stages up to `keep_until` (False when the
+    compare's run was redone since the fork was made)."""
+    from sdzero.runfolder import STAGES, read_stages
 
     state, forked = read_stages(source), read_stages(target)
-    if any(forked.get(s) != state[s] for s in kept_stages(source, keep_until)):
+    return all(forked.get(s) == state.get(s) for s in STAGES[: STAGES.index(keep_until) + 1])
+
+
+def check_fork(source: Path, target: Path, keep_until: str) -> None:
+    """Refuse a fork whose kept stages' records are not `source`'s own (the compare's run was redone since)."""
+    if not forked_from(source, target, keep_until):
         raise SDZeroError(f"{target} was forked from another run of {source} (its kept stages' records "
                           "differ): delete the variant's folder to fork the current run")
 
@@ -513,6 +522,8 @@ def _with_variants(seeds: dict[int, dict[str, Any]], compare_dir: Path,
         for seed, report in variant_reports(compare_dir, variant, stage).items():
             if seed not in seeds or seed in own:
                 continue  # a seed the compare no longer has, or a fork made when the compare's run was another
+            check_fork(compare_dir / f"seed-{seed}" / "sdzero", compare_dir / "variants" / variant / f"seed-{seed}",
+                       VARIANTS[variant][0])  # never a variant of another run of the seed
             ids = {q["id"] for q in report.get("questions") or []}
             if ids != {q["id"] for q in next(iter(seeds[seed].values()))["questions"]}:
                 raise SDZeroError(f"{variant} seed {seed}'s eval-{stage}.json is not on the compare's questions")

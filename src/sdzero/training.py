@@ -18,13 +18,12 @@ The supervised loop, stated up front:
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from sdzero.errors import SDZeroError, require_at_least
-from sdzero.files import atomic_write_json, make_temp_dir
+from sdzero.files import atomic_write_json, replace_dir
 from sdzero.logs import info, interactive
 
 IGNORE = -100  # the label of a position that is not supervised
@@ -78,17 +77,12 @@ def disable_dropout(model: Any) -> None:
 
 def save_model(model: Any, tokenizer: Any, target: Path, meta: dict[str, Any]) -> None:
     """Save to a temp dir beside the target, then rename: the model dir is complete or absent."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(target.parent, f".{target.name}-")
-    try:
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "sdzero.json", meta)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    replace_dir(target, fill)
 
 
 def save_on_main_process(model: Any, tokenizer: Any, target: Path, meta: dict[str, Any]) -> None:
