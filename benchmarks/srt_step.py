@@ -1,19 +1,21 @@
-"""SRT training speed: padded batches vs padding-free batches, side by side in one run; then where a
+"""SRT training speed: padded batches vs padding-free batches (attention under one mask over the row, as
+transformers does it, and record by record, as sdzero does), side by side in one run; then where a
 padding-free step's time goes.
 
     python benchmarks/srt_step.py [--data OUTPUT_OF_COLLECT] [--steps 6] [--rounds 2]
 
-Both variants train the embedded model with the Trainer loop `sdzero srt` uses (bf16 autocast where the CPU
-has it, batch 8), on the same records in the same order, from the same weights; the rounds alternate the
-two so that drift in the machine's speed hits both. Records come from a `sdzero collect` folder
+The variants train the embedded model with the Trainer loop `sdzero srt` uses (bf16 autocast where the CPU
+has it, batch 8), on the same records in the same order, from the same weights; the rounds rotate the
+variants so that drift in the machine's speed hits each. Records come from a `sdzero collect` folder
 (kept.jsonl) or, without --data, are synthetic with the lengths measured on the embedded default (prompt 56
 tokens, draft 1-128, revision 1-107). Prints seconds per step, supervised and real tokens per second, the
-ratio, and the losses (they should agree to rounding). The breakdown then times the parts of one step
+ratios, and the losses (they should agree to rounding). The breakdown then times the parts of one step
 (forward, backward, gradient clipping + fused AdamW) in a bare loop over the same padding-free batches, and
 with --profile lists the operators that take the most time in one such step.
 """
 
 import argparse
+import contextlib
 import random
 import shutil
 import tempfile
@@ -22,10 +24,12 @@ import time
 from sdzero import training
 from sdzero.chat import ControlPhrases, turn_end_id
 from sdzero.models import load_model, load_tokenizer
+from sdzero.packed_attention import packed_attention
 from sdzero.srt import SRTConfig, build_records
 from sdzero.training import IGNORE, PackCollator, supervised_nll, train_records
 
-VARIANTS = {"padded": False, "padding-free": True}  # name: padding_free
+# name: (padding_free, attention record by record)
+VARIANTS = {"padded": (False, False), "packed, row mask": (True, False), "packed": (True, True)}
 
 
 def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
@@ -42,14 +46,20 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def run(records: list[dict], variant: str, pad_id: int, workdir: str) -> tuple[float, float]:
-    padding_free = VARIANTS[variant]
+    padding_free, by_record = VARIANTS[variant]
     model = load_model("embedded", dtype="fp32")
     model.config.use_cache = False
     cfg = SRTConfig(output_dir=workdir, learning_rate=1e-5, num_train_epochs=1, per_device_train_batch_size=8,
                     padding_free=padding_free, save_steps=10**6, logging_steps=1, resume=False, warmup_steps=0)
-    t0 = time.perf_counter()
-    history = train_records(model, records, cfg, pad_id, "bench")
-    seconds = time.perf_counter() - t0
+    # train_records attends record by record on padding-free rows; the row-mask variant turns that off
+    original = training.packed_attention
+    training.packed_attention = original if by_record else (lambda m: contextlib.nullcontext(False))
+    try:
+        t0 = time.perf_counter()
+        history = train_records(model, records, cfg, pad_id, "bench")
+        seconds = time.perf_counter() - t0
+    finally:
+        training.packed_attention = original
     losses = [h["loss"] for h in history if "loss" in h]
     shutil.rmtree(workdir, ignore_errors=True)
     return seconds, sum(losses) / len(losses)
@@ -80,7 +90,8 @@ def breakdown(records: list[dict], rounds: int, profile: bool) -> None:
         optimizer.zero_grad()
         return t1 - t0, t2 - t1, time.perf_counter() - t2
 
-    parts = [step(batch) for _ in range(rounds) for batch in batches]
+    with packed_attention(model):  # as train_records runs padding-free batches
+        parts = [step(batch) for _ in range(rounds) for batch in batches]
     med = [sorted(col)[len(col) // 2] for col in zip(*parts)]
     print(f"\nwhere a padding-free step goes (bare loop, median of {len(parts)} steps):")
     for name, seconds in zip(("forward", "backward", "clip + AdamW"), med):
@@ -89,7 +100,7 @@ def breakdown(records: list[dict], rounds: int, profile: bool) -> None:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
 
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof, packed_attention(model):
             step(batches[0])
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
@@ -125,12 +136,12 @@ def main() -> None:
                 seconds, loss[name] = run(records, name, tok.pad_token_id, f"{tmp}/{r}")
                 times[name].append(seconds)
     steps = len(records) // 8
-    print(f"{'batches':<14} {'s/step':>7} {'real tok/s':>10} {'supervised tok/s':>17} {'mean loss':>9} "
-          f"{'vs padded':>9}")
+    print(f"{'batches':<17} {'s/step':>7} {'real tok/s':>10} {'supervised tok/s':>17} {'mean loss':>9} "
+          f"{'vs padded':>9} {'vs row mask':>11}")
     for name in names:
         t = min(times[name])
-        print(f"{name:<14} {t / steps:>7.2f} {real / t:>10.0f} {supervised / t:>17.0f} {loss[name]:>9.4f} "
-              f"{min(times['padded']) / t:>8.2f}x")
+        print(f"{name:<17} {t / steps:>7.2f} {real / t:>10.0f} {supervised / t:>17.0f} {loss[name]:>9.4f} "
+              f"{min(times['padded']) / t:>8.2f}x {min(times['packed, row mask']) / t:>10.2f}x")
     print(f"(whole Trainer runs of {steps} steps, model load excluded, best of {args.rounds} each)")
     breakdown(records, args.rounds, args.profile)
 

@@ -384,6 +384,76 @@ def test_padding_free_batches_give_the_padded_loss_and_gradients(tokenizer):
         pytest.approx(loss_padded.item() / 2, abs=1e-5)
 
 
+def test_record_layout_finds_each_record_of_a_packed_row():
+    from sdzero.packed_attention import record_layout
+
+    index, valid = record_layout(torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]]))
+    assert index[valid].tolist() == list(range(9))  # every token once, in the row's order
+    assert valid.sum(1).tolist() == [3, 2, 4] and index.shape == (3, 4)
+    assert record_layout(torch.tensor([[0, 1, 2, 3]])) is None  # one record: nothing to split
+
+
+def test_padding_free_attention_runs_record_by_record_with_the_masked_loss_and_gradients(tokenizer, monkeypatch):
+    """On a packed row, attention runs as one [records, longest] batch without a mask, and gives what
+    transformers' masked SDPA over the whole row gives (loss and every gradient), GQA included."""
+    import torch.nn.functional as F
+    from conftest import make_model
+
+    from sdzero.packed_attention import packed_attention
+    from sdzero.training import PackCollator, supervised_nll
+
+    model = make_model(tokenizer).float()
+    assert model.config._attn_implementation == "sdpa" and model.config.num_key_value_heads < 4  # GQA
+    recs = [build_revision_record([1, 2, 3, 4], [10 + i] * (1 + 3 * i), [20, 21], [30 + i, 31, 40][: 1 + i % 3],
+                                  EOT, 64) for i in range(4)]
+    packed = PackCollator()(recs)
+    labels = packed.pop("labels")
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        calls.append((q.shape[0], attn_mask is not None))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    loss_masked = supervised_nll(model(**packed), labels)
+    grads_masked = torch.autograd.grad(loss_masked, list(model.parameters()))
+    assert calls and all(batch == 1 and masked for batch, masked in calls)  # transformers: one masked row
+    calls.clear()
+    with packed_attention(model) as used:
+        assert used
+        loss = supervised_nll(model(**packed), labels)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert calls == [(len(recs), False)] * model.config.num_hidden_layers
+    assert model.config._attn_implementation == "sdpa"  # restored
+    assert loss.item() == pytest.approx(loss_masked.item(), abs=1e-6)
+    for a, b in zip(grads_masked, grads):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_padding_free_training_attends_record_by_record(tokenizer, tmp_path, monkeypatch):
+    """`train_records` on padding-free batches never builds a mask over the row; the model's attention
+    setting is its own again afterwards (what is saved and generated later)."""
+    import torch.nn.functional as F
+    from conftest import make_model
+
+    from sdzero.srt import SRTConfig
+    from sdzero.training import train_records
+
+    recs = [build_revision_record([1, 2, 3], [10 + i] * (1 + 2 * i), [20, 21], [30 + i, 31, 40], EOT, 64)
+            for i in range(8)]
+    masks = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda *a, attn_mask=None, **kw: masks.append(attn_mask) or sdpa(*a, attn_mask=attn_mask, **kw))
+    model = make_model(tokenizer).float()
+    cfg = SRTConfig(output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4, precision="fp32",
+                    save_steps=100)
+    train_records(model, recs, cfg, pad_id=0, stage="check")
+    assert masks and all(m is None for m in masks)
+    assert model.config._attn_implementation == "sdpa"
+
+
 def test_srt_training_steps_match_with_and_without_padding(tokenizer, tmp_path):
     """Two Trainer steps from the same weights on the same records end at the same weights either way."""
     from conftest import make_model

@@ -11,13 +11,15 @@ The supervised loop, stated up front:
   the loss is the mean NLL over a batch's supervised tokens.
 - Batches are padding-free by default: the records laid end to end in one row with positions restarting
   at 0 for each, so attention keeps each record to itself and no compute goes to padding, and only the
-  positions whose next token is supervised are projected onto the vocabulary. Same batches, same loss as
-  padded batches (tests pin the two to each other).
+  positions whose next token is supervised are projected onto the vocabulary. On SDPA models attention
+  then runs record by record (`sdzero.packed_attention`) instead of under a mask over the whole row.
+  Same batches, same loss as padded batches (tests pin the two to each other).
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +27,7 @@ from typing import Any, Sequence
 from sdzero.errors import SDZeroError, require_at_least
 from sdzero.files import atomic_write_json, replace_dir
 from sdzero.logs import info, interactive
+from sdzero.packed_attention import packed_attention
 
 IGNORE = -100  # the label of a position that is not supervised
 
@@ -288,7 +291,9 @@ def train_records(model: Any, records: list[dict], cfg: SFTConfig, pad_id: int, 
     last = get_last_checkpoint(str(ckpt_dir)) if cfg.resume else None
     if last:
         info(f"[{stage}] resuming from {last}")
-    trainer.train(resume_from_checkpoint=last)
+    # Padding-free rows attend record by record (no T x T mask); padded batches keep the model's attention.
+    with packed_attention(model) if cfg.padding_free else nullcontext():
+        trainer.train(resume_from_checkpoint=last)
     return trainer.state.log_history
 
 

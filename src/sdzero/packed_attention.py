@@ -1,0 +1,90 @@
+"""Attention for padding-free batches: each record attends to itself only, without a mask over the row.
+
+`PackCollator` lays a batch's records end to end in one row with positions restarting at 0. transformers'
+SDPA path then builds one block-diagonal mask over the whole row (T x T), computes every record against
+every other and masks most of it away; with a mask it also copies the keys and values once per query head
+(GQA). Here the records are gathered into a [records, longest record] batch, each row attended causally with
+no mask (SDPA's fast kernel, GQA without copies), and the result is put back in the row's order: the same
+attention with about `records` times less arithmetic. A record's padding sits after its last token, so
+causal attention never lets a real token see it, and the padded rows' outputs are dropped.
+
+Used by `training.train_records` for padding-free batches (`packed_attention(model)`); anything else (a
+batch of several rows, a single record, a cache) goes to transformers' own SDPA function unchanged.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+NAME = "sdzero_packed_sdpa"
+
+
+def record_layout(position_ids: Any) -> tuple[Any, Any] | None:
+    """For a [1, T] row of records whose positions restart at each record: (index [R, L] into the row, valid
+    [R, L]) with R records and L the longest; None when the row holds fewer than two records."""
+    import torch
+
+    pos = position_ids[0]
+    new = torch.ones_like(pos, dtype=torch.bool)
+    new[1:] = pos[1:] != pos[:-1] + 1  # a record starts wherever the positions do not go on by one
+    starts = new.nonzero().squeeze(-1)
+    if starts.numel() < 2:
+        return None
+    lengths = torch.diff(starts, append=torch.tensor([pos.numel()], device=pos.device))
+    offsets = torch.arange(int(lengths.max()), device=pos.device)
+    valid = offsets[None, :] < lengths[:, None]
+    index = torch.where(valid, starts[:, None] + offsets[None, :], 0)
+    return index, valid
+
+
+def packed_sdpa_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                        scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """An attention function with transformers' signature (query [1, H, T, d], key/value [1, Hkv, T, d]);
+    returns ([1, T, H, d], None) like its SDPA function."""
+    import torch.nn.functional as F
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    layout = None
+    if (query.shape[0] == 1 and position_ids is not None and query.shape[2] == key.shape[2] > 1
+            and is_causal is not False and getattr(module, "is_causal", True) and kwargs.get("softcap") is None):
+        layout = record_layout(position_ids)
+    if layout is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    index, valid = layout
+
+    def by_record(x: Any) -> Any:  # [1, heads, T, d] -> [R, heads, L, d]
+        return x[0][:, index].transpose(0, 1)
+
+    out = F.scaled_dot_product_attention(by_record(query), by_record(key), by_record(value), dropout_p=dropout,
+                                         is_causal=True, scale=scaling,
+                                         enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2)[valid][None], None  # [R, L, H, d] -> the row's T tokens in order -> [1, T, H, d]
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, packed_sdpa_forward)
+    AttentionMaskInterface.register(NAME, lambda *args, **kwargs: None)  # records are found from the positions
+
+
+@contextmanager
+def packed_attention(model: Any) -> Iterator[bool]:
+    """While inside, a model on transformers' SDPA attention uses `packed_sdpa_forward`; yields whether it
+    does (other attention implementations are left as they are). The model's own setting is restored after,
+    so nothing saved or generated later sees it."""
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    if before != "sdpa" or not hasattr(model, "set_attn_implementation"):
+        yield False
+        return
+    _register()
+    model.set_attn_implementation(NAME)
+    try:
+        yield True
+    finally:
+        model.set_attn_implementation(before)
