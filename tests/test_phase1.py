@@ -426,6 +426,13 @@ def test_padding_free_attention_runs_record_by_record_with_the_masked_loss_and_g
         grads = torch.autograd.grad(loss, list(model.parameters()))
     assert calls == [(len(recs), False)] * model.config.num_hidden_layers
     assert model.config._attn_implementation == "sdpa"  # restored
+    # Anything else (here a padded batch) goes to transformers' SDPA under the mask it builds for it.
+    padded = PadCollator(0)(recs)
+    padded.pop("labels")
+    with torch.no_grad():
+        expected = model(**padded).logits
+        with packed_attention(model):
+            assert torch.allclose(model(**padded).logits, expected, atol=1e-6)
     assert loss.item() == pytest.approx(loss_masked.item(), abs=1e-6)
     for a, b in zip(grads_masked, grads):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)

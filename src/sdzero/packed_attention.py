@@ -9,7 +9,8 @@ attention with about `records` times less arithmetic. A record's padding sits af
 causal attention never lets a real token see it, and the padded rows' outputs are dropped.
 
 Used by `training.train_records` for padding-free batches (`packed_attention(model)`); anything else (a
-batch of several rows, a single record, a cache) goes to transformers' own SDPA function unchanged.
+batch of several rows, a single record, a sliding window, no position ids reaching the attention) goes to
+transformers' own SDPA function with the mask transformers builds for it, unchanged.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def packed_sdpa_forward(module: Any, query: Any, key: Any, value: Any, attention
     position_ids = kwargs.get("position_ids")
     layout = None
     if (query.shape[0] == 1 and position_ids is not None and query.shape[2] == key.shape[2] > 1
-            and is_causal is not False and getattr(module, "is_causal", True) and kwargs.get("softcap") is None):
+            and is_causal is not False and getattr(module, "is_causal", True) and kwargs.get("softcap") is None
+            and getattr(module, "sliding_window", None) is None):
         layout = record_layout(position_ids)
     if layout is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -66,10 +68,11 @@ def packed_sdpa_forward(module: Any, query: Any, key: Any, value: Any, attention
 
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(NAME, packed_sdpa_forward)
-    AttentionMaskInterface.register(NAME, lambda *args, **kwargs: None)  # records are found from the positions
+    # transformers still builds SDPA's mask: the record-by-record path ignores it, the fallback needs it
+    AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
 @contextmanager
