@@ -426,6 +426,9 @@ def test_padding_free_attention_runs_record_by_record_with_the_masked_loss_and_g
         grads = torch.autograd.grad(loss, list(model.parameters()))
     assert calls == [(len(recs), False)] * model.config.num_hidden_layers
     assert model.config._attn_implementation == "sdpa"  # restored
+    assert loss.item() == pytest.approx(loss_masked.item(), abs=1e-6)
+    for a, b in zip(grads_masked, grads):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
     # Anything else (here a padded batch) goes to transformers' SDPA under the mask it builds for it.
     padded = PadCollator(0)(recs)
     padded.pop("labels")
@@ -433,14 +436,29 @@ def test_padding_free_attention_runs_record_by_record_with_the_masked_loss_and_g
         expected = model(**padded).logits
         with packed_attention(model):
             assert torch.allclose(model(**padded).logits, expected, atol=1e-6)
-    assert loss.item() == pytest.approx(loss_masked.item(), abs=1e-6)
-    for a, b in zip(grads_masked, grads):
-        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_packed_attention_leaves_a_sliding_window_to_transformers():
+    """Mistral passes its window as an argument: records longer than the window keep the masked result."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from sdzero.packed_attention import packed_attention
+    from sdzero.training import PackCollator
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, sliding_window=3)).eval()
+    batch = PackCollator()([{"input_ids": list(range(1, 1 + n)), "labels": list(range(1, 1 + n))} for n in (9, 6)])
+    batch.pop("labels"), batch.pop("logits_to_keep")
+    with torch.no_grad():
+        expected = model(**batch).logits
+        with packed_attention(model):
+            assert torch.allclose(model(**batch).logits, expected, atol=1e-6)
 
 
 def test_padding_free_training_attends_record_by_record(tokenizer, tmp_path, monkeypatch):
-    """`train_records` on padding-free batches never builds a mask over the row; the model's attention
-    setting is its own again afterwards (what is saved and generated later)."""
+    """`train_records` on padding-free batches never attends under a mask over the row; its checkpoints'
+    configs and the model's attention setting afterwards are the model's own."""
     import torch.nn.functional as F
     from conftest import make_model
 
@@ -455,10 +473,12 @@ def test_padding_free_training_attends_record_by_record(tokenizer, tmp_path, mon
                         lambda *a, attn_mask=None, **kw: masks.append(attn_mask) or sdpa(*a, attn_mask=attn_mask, **kw))
     model = make_model(tokenizer).float()
     cfg = SRTConfig(output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4, precision="fp32",
-                    save_steps=100)
+                    save_steps=1)
     train_records(model, recs, cfg, pad_id=0, stage="check")
     assert masks and all(m is None for m in masks)
     assert model.config._attn_implementation == "sdpa"
+    saved = list(tmp_path.glob("checkpoints/check/checkpoint-*/config.json"))
+    assert saved and all("sdzero" not in p.read_text() for p in saved)
 
 
 def test_srt_training_steps_match_with_and_without_padding(tokenizer, tmp_path):

@@ -8,9 +8,11 @@ no mask (SDPA's fast kernel, GQA without copies), and the result is put back in 
 attention with about `records` times less arithmetic. A record's padding sits after its last token, so
 causal attention never lets a real token see it, and the padded rows' outputs are dropped.
 
-Used by `training.train_records` for padding-free batches (`packed_attention(model)`); anything else (a
-batch of several rows, a single record, a sliding window, no position ids reaching the attention) goes to
-transformers' own SDPA function with the mask transformers builds for it, unchanged.
+Used by `training.train_records` for padding-free batches (`packed_attention(model)`), whose rows carry no
+attention mask and no cache: the record-by-record path takes a row's records from its positions and ignores
+the mask transformers builds, so it assumes the records are the row's only structure. Anything it can see
+is something else (a batch of several rows, a single record, a sliding window, a position bias, no position
+ids reaching the attention) goes to transformers' own SDPA function with that mask, unchanged.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ def packed_sdpa_forward(module: Any, query: Any, key: Any, value: Any, attention
 
     position_ids = kwargs.get("position_ids")
     layout = None
-    if (query.shape[0] == 1 and position_ids is not None and query.shape[2] == key.shape[2] > 1
-            and is_causal is not False and getattr(module, "is_causal", True) and kwargs.get("softcap") is None
-            and getattr(module, "sliding_window", None) is None):
+    if (query.shape[0] == 1 and position_ids is not None and position_ids.dim() == 2
+            and query.shape[2] == key.shape[2] > 1 and is_causal is not False and getattr(module, "is_causal", True)
+            and all(kwargs.get(k) is None for k in ("softcap", "position_bias", "sliding_window"))
+            and getattr(module, "sliding_window", None) is None):  # models pass a window either way
         layout = record_layout(position_ids)
     if layout is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -78,16 +81,17 @@ def _register() -> None:
 @contextmanager
 def packed_attention(model: Any) -> Iterator[bool]:
     """While inside, a model on transformers' SDPA attention uses `packed_sdpa_forward`; yields whether it
-    does (other attention implementations are left as they are). The model's own setting is restored after,
-    so nothing saved or generated later sees it."""
+    does (other attention implementations are left as they are). Backward passes must run inside too (a
+    checkpointed layer recomputes with the attention it ran). The model's own setting is restored after, so
+    nothing generated later sees it; saved configs never hold it (transformers does not write it)."""
     config = getattr(model, "config", None)
     before = getattr(config, "_attn_implementation", None)
     if before != "sdpa" or not hasattr(model, "set_attn_implementation"):
         yield False
         return
     _register()
-    model.set_attn_implementation(NAME)
+    model.set_attn_implementation(NAME)  # a model that cannot switch keeps its own, with a warning
     try:
-        yield True
+        yield config._attn_implementation == NAME
     finally:
         model.set_attn_implementation(before)

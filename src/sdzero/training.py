@@ -291,7 +291,7 @@ def train_records(model: Any, records: list[dict], cfg: SFTConfig, pad_id: int, 
     last = get_last_checkpoint(str(ckpt_dir)) if cfg.resume else None
     if last:
         info(f"[{stage}] resuming from {last}")
-    # Padding-free rows attend record by record (no T x T mask); padded batches keep the model's attention.
+    # Padding-free rows attend record by record, not under a T x T mask; padded batches keep the model's own.
     with packed_attention(model) if cfg.padding_free else nullcontext():
         trainer.train(resume_from_checkpoint=last)
     return trainer.state.log_history
