@@ -7,6 +7,10 @@ teacher (`Teacher`: frozen, synced every N steps, or an EMA of the student).
   chunk by chunk from hidden states (`sdzero.losses`). Models whose logits are not `hidden @ head` (logit
   soft-capping, a head bias) are refused (`check_head_gives_logits`).
 - The divergence's settings are bound once, when the module is built (`DivergenceSpec`).
+- A right-padded batch runs without its attention mask: causal attention already keeps every real token
+  from the pads after it, and only real tokens' positions are read, so the result is the same; without a
+  mask SDPA takes its fast causal path instead of a masked one (most Phase-2 batches are padded: responses
+  differ in length).
 - The teacher keeps fp32 weights and runs under the student's autocast, so a teacher equal to the student
   gives exactly the student's distributions. With LoRA there is no second copy of the weights: the frozen
   teacher is the base model (adapters off), and sync / EMA teachers keep only their own copy of the adapter
@@ -74,6 +78,8 @@ class PolicyForward(torch.nn.Module):
 
         spec = self.spec
         divergence, kind, beta, topk, chunk_size = spec.divergence, spec.kind, spec.beta, spec.topk, spec.chunk_size
+        if attention_mask is not None and bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):
+            attention_mask = None  # right padding only: nothing to mask that causality does not (docstring above)
         hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                        use_cache=False).last_hidden_state[rows, cols]
         head = self.lm.get_output_embeddings().weight
