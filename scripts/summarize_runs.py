@@ -1,4 +1,5 @@
-"""The held-out table of several `sdzero run` folders (one per seed), with the mean over them.
+"""The held-out table of several `sdzero run` folders (one per seed), with the mean and sample standard
+deviation over them.
 
     python scripts/summarize_runs.py outputs/run-seed0 outputs/run-seed1
 """
@@ -7,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sdzero.reports import results_table
+from sdzero.reports import mean_std, results_table
 from sdzero.runfolder import STAGES
 
 
@@ -29,8 +30,9 @@ def main() -> None:
                   + (f" | {minutes:.1f} min |" if i == 0 else " | |"))
     for model in next(iter(tables.values())):
         vals = [t[model] for t in tables.values() if model in t]
-        print(f"| mean of {len(vals)} | {model} | "
-              + " | ".join(f"{sum(m[key] for m in vals) / len(vals):.3f}" for key in keys) + " | |")
+        stats = [mean_std([m[key] for m in vals]) for key in keys]
+        print(f"| mean of {len(vals)} | {model} | " + " | ".join(f"{mean:.3f}" for mean, _ in stats) + " | |")
+        print(f"| sd of {len(vals)} | {model} | " + " | ".join(f"{sd:.3f}" for _, sd in stats) + " | |")
 
 
 if __name__ == "__main__":

@@ -78,3 +78,19 @@ def tiny_model_dir(tmp_path_factory, tokenizer, tiny_model):
     tiny_model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    """Every call to torch's scaled_dot_product_attention while the test runs: (query batch size, attn_mask)."""
+    import torch.nn.functional as F
+
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        calls.append((q.shape[0], attn_mask))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    return calls

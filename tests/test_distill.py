@@ -177,28 +177,23 @@ def test_teacher_kinds_update_as_documented(tokenizer):
     assert not teachers["frozen"].update(student, step=2) and torch.equal(w("frozen"), start[name])
 
 
-def test_a_right_padded_batch_runs_unmasked_with_each_sequence_s_own_result(tokenizer, monkeypatch):
+def test_a_right_padded_batch_runs_unmasked_with_each_sequence_s_own_result(tokenizer, sdpa_calls):
     """PolicyForward drops the mask of a right-padded batch (SDPA's fast causal path): every real token's
     hidden state is what the sequence alone gives; a left-padded batch keeps its mask."""
-    import torch.nn.functional as F
     from conftest import make_model
 
     lm = make_model(tokenizer).float()
     seqs = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
     positions = [list(range(len(s))) for s in seqs]
-    masks = []
-    sdpa = F.scaled_dot_product_attention
-    monkeypatch.setattr(F, "scaled_dot_product_attention",
-                        lambda *a, attn_mask=None, **kw: masks.append(attn_mask) or sdpa(*a, attn_mask=attn_mask, **kw))
     with torch.no_grad():
         hidden, _ = PolicyForward(lm)(*pad_batch(seqs, positions, pad_id=0), role="teacher")
-        assert masks and all(m is None for m in masks)
+        assert sdpa_calls and all(m is None for _, m in sdpa_calls)
         alone = torch.cat([lm.get_decoder()(input_ids=torch.tensor([s])).last_hidden_state[0] for s in seqs])
         assert torch.allclose(hidden, alone, atol=1e-5)
-        masks.clear()
+        sdpa_calls.clear()
         left = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]])
         PolicyForward(lm)(left, (left != 0).long(), torch.tensor([0, 0]), torch.tensor([2, 3]), role="teacher")
-        assert masks and all(m is not None for m in masks)
+        assert sdpa_calls and all(m is not None for _, m in sdpa_calls)
 
 
 def test_lora_teachers_hold_no_second_copy_of_the_weights(tokenizer):

@@ -393,10 +393,9 @@ def test_record_layout_finds_each_record_of_a_packed_row():
     assert record_layout(torch.tensor([[0, 1, 2, 3]])) is None  # one record: nothing to split
 
 
-def test_padding_free_attention_runs_record_by_record_with_the_masked_loss_and_gradients(tokenizer, monkeypatch):
+def test_padding_free_attention_runs_record_by_record_with_the_masked_loss_and_gradients(tokenizer, sdpa_calls):
     """On a packed row, attention runs as one [records, longest] batch without a mask, and gives what
     transformers' masked SDPA over the whole row gives (loss and every gradient), GQA included."""
-    import torch.nn.functional as F
     from conftest import make_model
 
     from sdzero.packed_attention import packed_attention
@@ -408,23 +407,16 @@ def test_padding_free_attention_runs_record_by_record_with_the_masked_loss_and_g
                                   EOT, 64) for i in range(4)]
     packed = PackCollator()(recs)
     labels = packed.pop("labels")
-    calls = []
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(q, k, v, attn_mask=None, **kw):
-        calls.append((q.shape[0], attn_mask is not None))
-        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    calls = sdpa_calls
     loss_masked = supervised_nll(model(**packed), labels)
     grads_masked = torch.autograd.grad(loss_masked, list(model.parameters()))
-    assert calls and all(batch == 1 and masked for batch, masked in calls)  # transformers: one masked row
+    assert calls and all(batch == 1 and m is not None for batch, m in calls)  # transformers: one masked row
     calls.clear()
     with packed_attention(model) as used:
         assert used
         loss = supervised_nll(model(**packed), labels)
         grads = torch.autograd.grad(loss, list(model.parameters()))
-    assert calls == [(len(recs), False)] * model.config.num_hidden_layers
+    assert [(batch, m is None) for batch, m in calls] == [(len(recs), True)] * model.config.num_hidden_layers
     assert model.config._attn_implementation == "sdpa"  # restored
     assert loss.item() == pytest.approx(loss_masked.item(), abs=1e-6)
     for a, b in zip(grads_masked, grads):
@@ -456,10 +448,9 @@ def test_packed_attention_leaves_a_sliding_window_to_transformers():
             assert torch.allclose(model(**batch).logits, expected, atol=1e-6)
 
 
-def test_padding_free_training_attends_record_by_record(tokenizer, tmp_path, monkeypatch):
+def test_padding_free_training_attends_record_by_record(tokenizer, tmp_path, sdpa_calls):
     """`train_records` on padding-free batches never attends under a mask over the row; its checkpoints'
     configs and the model's attention setting afterwards are the model's own."""
-    import torch.nn.functional as F
     from conftest import make_model
 
     from sdzero.srt import SRTConfig
@@ -467,15 +458,11 @@ def test_padding_free_training_attends_record_by_record(tokenizer, tmp_path, mon
 
     recs = [build_revision_record([1, 2, 3], [10 + i] * (1 + 2 * i), [20, 21], [30 + i, 31, 40], EOT, 64)
             for i in range(8)]
-    masks = []
-    sdpa = F.scaled_dot_product_attention
-    monkeypatch.setattr(F, "scaled_dot_product_attention",
-                        lambda *a, attn_mask=None, **kw: masks.append(attn_mask) or sdpa(*a, attn_mask=attn_mask, **kw))
     model = make_model(tokenizer).float()
     cfg = SRTConfig(output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4, precision="fp32",
                     save_steps=1)
     train_records(model, recs, cfg, pad_id=0, stage="check")
-    assert masks and all(m is None for m in masks)
+    assert sdpa_calls and all(m is None for _, m in sdpa_calls)
     assert model.config._attn_implementation == "sdpa"
     saved = list(tmp_path.glob("checkpoints/check/checkpoint-*/config.json"))
     assert saved and all("sdzero" not in p.read_text() for p in saved)
